@@ -1,0 +1,139 @@
+"""MagicFace Apply's work: validate the inputs, prepare references, build the plan, patch a clone."""
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from . import keys
+from .errors import MagicFaceInputError
+from .layers import list_attention_layers, select_injection_layers, select_segmentation_layers
+from .patch import MagicFacePatch
+from .plan import MagicFacePlan
+from .tokens import locate_concept_tokens
+from ..magicface_attn import reference_mode_mask
+
+log = logging.getLogger("MagicFace")
+NODE = "MagicFace Apply"
+LATENT_STRIDE = 8
+# Native training sizes, used when reference_size is 0 (auto).
+NATIVE_SIZE_SDXL, NATIVE_SIZE_V, NATIVE_SIZE_DEFAULT = 1024, 768, 512
+
+
+def model_sampling_of(model_patcher):
+    if hasattr(model_patcher, "get_model_object"):
+        return model_patcher.get_model_object("model_sampling")
+    return model_patcher.model.model_sampling
+
+
+def native_size(model_patcher) -> int:
+    base = model_patcher.model
+    if type(base).__name__.startswith("SDXL"):
+        return NATIVE_SIZE_SDXL
+    if getattr(getattr(base, "model_type", None), "name", "") == "V_PREDICTION":
+        return NATIVE_SIZE_V
+    return NATIVE_SIZE_DEFAULT
+
+
+def encode_text(clip, text):
+    tokens = clip.tokenize(text)
+    cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    return cond, pooled
+
+
+def _square(image_hwc, size, mode):
+    chw = image_hwc.movedim(-1, 0)[None].float()
+    if mode == "area" and (chw.shape[-1] > size or chw.shape[-2] > size):
+        resized = F.interpolate(chw, size=(size, size), mode="area")
+    else:
+        resized = F.interpolate(chw, size=(size, size), mode="bilinear", align_corners=False)
+    return resized[0].movedim(0, -1).clamp(0, 1)
+
+
+def _reference_latents(model_patcher, vae, concepts, size):
+    images = torch.stack([_square(c.image, size, "area") for c in concepts])
+    with torch.no_grad():
+        latents = vae.encode(images[..., :3])
+    return model_patcher.model.process_latent_in(latents.float()).cpu()
+
+
+def _reference_masks(concepts, size, mask_mode):
+    if mask_mode == keys.MASK_MODE_REFERENCE:
+        # The reference code binarises the 8-bit mask (only 255 survives) and squashes it to 128x128.
+        return torch.stack([reference_mode_mask((c.mask * 255).round().to(torch.uint8)) for c in concepts])
+    return torch.stack([_square(c.mask[..., None], size, "area")[..., 0] for c in concepts])
+
+
+def _reference_context(clip, concepts):
+    contexts, pooled = [], []
+    for concept in concepts:
+        cond, pool = encode_text(clip, concept.reference_prompt)
+        contexts.append(cond[0])
+        pooled.append(None if pool is None else pool.reshape(-1))
+    length = max(c.shape[0] for c in contexts)
+    # Prompts longer than 77 tokens give longer contexts: repeat the shorter ones, as ComfyUI does.
+    contexts = [c.repeat(length // c.shape[0], 1) if length % c.shape[0] == 0 else
+                F.pad(c, (0, 0, 0, length - c.shape[0])) for c in contexts]
+    pooled_stack = None if any(p is None for p in pooled) else torch.stack(pooled)
+    return torch.stack(contexts).cpu(), pooled_stack
+
+
+def _validate_model(model_patcher):
+    diffusion_model = getattr(model_patcher.model, "diffusion_model", None)
+    layers = list_attention_layers(diffusion_model) if diffusion_model is not None else []
+    if not layers:
+        raise MagicFaceInputError(
+            NODE, "model", f"{type(diffusion_model).__name__} is not a UNet with attention blocks "
+            "(MagicFace supports SD1.x, SD2.x and SDXL; Flux, SD3 and other transformer models are not supported yet).",
+            "connect an SD1.x, SD2.x or SDXL checkpoint.")
+    return layers
+
+
+def apply_magicface(model, clip, vae, concepts, prompt, schedule, seed=0, reference_size=0):
+    """Returns (patched clone, positive CONDITIONING of the prompt, the MagicFacePatch or None)."""
+    if len(concepts) == 0:
+        raise MagicFaceInputError(NODE, "concepts", "no concept is connected.",
+                                  "connect a MagicFace Concept Loader to 'concepts'.")
+    if not prompt.strip():
+        raise MagicFaceInputError(NODE, "prompt", "the prompt is empty.",
+                                  "type the target prompt, with each concept's word in it.")
+    layers = _validate_model(model)
+    injection = select_injection_layers(layers, schedule.layers, schedule.custom_layers)
+    if not injection:
+        raise MagicFaceInputError(NODE, "schedule", "the chosen layers match no self-attention of this model.",
+                                  "use the 'paper' or 'all decoder' preset, or list existing layers.")
+    segmentation = select_segmentation_layers(layers)
+    if not segmentation:
+        raise MagicFaceInputError(NODE, "model", "this UNet has no text cross-attention below full resolution, "
+                                  "which the segmentation needs.", "use an SD1.x, SD2.x or SDXL checkpoint.")
+    concept_tokens = locate_concept_tokens(clip.tokenize, prompt, [c.words for c in concepts])
+    cond, pooled = encode_text(clip, prompt)
+    conditioning = [[cond, {"pooled_output": pooled}]]
+
+    empty = [c.words for c in concepts if c.mask_is_empty]
+    for words in empty:
+        log.warning("[MagicFace Apply] concept '%s' has an empty mask: its reference contributes nothing.", words)
+    if len(empty) == len(concepts) and not schedule.semantic_cfg:
+        log.warning("[MagicFace Apply] every concept mask is empty and semantic CFG is off: "
+                    "the model is returned unpatched.")
+        return model.clone(), conditioning, None
+
+    size = int(reference_size) or native_size(model)
+    if size % (LATENT_STRIDE * 8):
+        raise MagicFaceInputError(NODE, "reference_size", f"{size} is not a multiple of 64.",
+                                  "use 0 (auto) or a multiple of 64 such as 512 or 1024.")
+    sampling = model_sampling_of(model)
+    sigma_of = lambda fraction: float(sampling.percent_to_sigma(float(fraction)))
+    context, ref_pooled = _reference_context(clip, concepts)
+    plan = MagicFacePlan(
+        injection_layers=tuple(injection), segmentation_layers=tuple(segmentation),
+        reference_latents=_reference_latents(model, vae, concepts, size),
+        reference_masks=_reference_masks(concepts, size, schedule.mask_mode), mask_mode=schedule.mask_mode,
+        weights=tuple(float(c.weight) for c in concepts), reference_context=context, reference_pooled=ref_pooled,
+        concept_tokens=tuple(tuple(t) for t in concept_tokens), concept_names=tuple(c.words for c in concepts),
+        ca_scale=schedule.resolved_ca_scale(len(concepts)), semantic_cfg=bool(schedule.semantic_cfg),
+        sigma_start=sigma_of(schedule.start_at), sigma_switch=sigma_of(schedule.switch_at),
+        sigma_end=sigma_of(schedule.end_at), seed=int(seed))
+    patched = model.clone()
+    patch = MagicFacePatch(plan)
+    patch.install(patched)
+    return patched, conditioning, patch

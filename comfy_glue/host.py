@@ -1,0 +1,57 @@
+"""The only module that touches ComfyUI internals other than the ModelPatcher API.
+
+It hides the differences between the 2024 host (model_function_wrapper, attention
+replace patches) and newer hosts (the wrapper/callback API of comfy.patcher_extension).
+"""
+import inspect
+import logging
+
+import comfy.ldm.modules.attention as comfy_attention
+
+try:
+    import comfy.patcher_extension as patcher_extension
+except ImportError:  # the 2024 host has no wrapper API
+    patcher_extension = None
+
+log = logging.getLogger("MagicFace")
+
+
+def host_attention(q, k, v, heads, extra_options):
+    """Run the host's own attention kernel exactly as an unpatched CrossAttention would.
+
+    Calling the same function with the same arguments keeps rows that MagicFace leaves
+    alone bit-identical to an unpatched model.
+    """
+    attention = comfy_attention.optimized_attention
+    kwargs = {}
+    params = _parameters(attention)
+    if "attn_precision" in params:
+        kwargs["attn_precision"] = extra_options.get("attn_precision")
+    if "transformer_options" in params:
+        kwargs["transformer_options"] = extra_options
+    return attention(q, k, v, heads, **kwargs)
+
+
+def _parameters(fn):
+    try:
+        return inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
+
+
+def has_outer_sample_wrapper(model_patcher) -> bool:
+    return patcher_extension is not None and hasattr(model_patcher, "add_wrapper_with_key")
+
+
+def add_outer_sample_wrapper(model_patcher, key, wrapper):
+    model_patcher.add_wrapper_with_key(patcher_extension.WrappersMP.OUTER_SAMPLE, key, wrapper)
+
+
+def noise_to_sigma(model_sampling, sigma, noise, latent):
+    """Forward-diffuse a clean latent to noise level sigma with the model's own rule."""
+    return model_sampling.noise_scaling(sigma.reshape(-1, 1, 1, 1), noise, latent)
+
+
+def get_attention_replace(model_patcher, which, key):
+    replaces = model_patcher.model_options.get("transformer_options", {}).get("patches_replace", {})
+    return replaces.get(which, {}).get(key)

@@ -1,0 +1,32 @@
+"""Named keys that MagicFace uses inside ComfyUI's option dictionaries.
+
+Kept in one place so that every hook, test and node agrees on them.
+"""
+
+# transformer_options entry holding the per-call MagicFace context (see run_state.CallContext).
+CALL_CONTEXT_KEY = "magicface_call"
+# Key under which the pack registers wrappers/callbacks on hosts that have the wrapper API.
+WRAPPER_KEY = "magicface"
+# Custom node socket types: never the core MODEL type for non-models.
+CONCEPTS_TYPE = "MAGICFACE_CONCEPTS"
+SCHEDULE_TYPE = "MAGICFACE_SCHEDULE"
+PROBE_TYPE = "MAGICFACE_PROBE"
+
+STAGE_RSA = "rsa"
+STAGE_RBA = "rba"
+
+MODE_TARGET = "target"
+MODE_CAPTURE = "capture"
+
+LAYER_PRESET_PAPER = "paper"
+LAYER_PRESET_ALL_DECODER = "all decoder"
+LAYER_PRESET_CUSTOM = "custom"
+LAYER_PRESETS = (LAYER_PRESET_PAPER, LAYER_PRESET_ALL_DECODER, LAYER_PRESET_CUSTOM)
+
+MASK_MODE_AREA = "area"
+MASK_MODE_REFERENCE = "reference"
+MASK_MODES = (MASK_MODE_AREA, MASK_MODE_REFERENCE)
+
+# ComfyUI batches cond rows with flag 0 and uncond rows with flag 1 in cond_or_uncond.
+COND_FLAG = 0
+UNCOND_FLAG = 1

@@ -1,0 +1,119 @@
+"""Where the attention layers of a UNet are, and which of them MagicFace patches.
+
+A layer key is ComfyUI's attention-patch key: (block_name, block_id, transformer_index),
+e.g. ("output", 6, 0). The downsampling factor of a layer is its latent stride: 1 at full
+latent resolution, 2 at half, and so on. It is found from the module tree, so any
+SD1.x / SD2.x / SDXL layout (and custom depths) is handled without tables.
+"""
+from dataclasses import dataclass
+
+from . import keys
+from .errors import MagicFaceInputError
+
+
+@dataclass(frozen=True)
+class AttentionLayer:
+    key: tuple            # (block_name, block_id, transformer_index)
+    factor: int           # latent stride of this layer
+    has_cross: bool       # the block has a text cross-attention (attn2)
+
+    @property
+    def name(self) -> str:
+        return f"{self.key[0]}_{self.key[1]}.{self.key[2]}"
+
+
+def _transformer_depths(block):
+    """Depths of every SpatialTransformer-like module inside one UNet block."""
+    depths = []
+    for module in block.modules():
+        blocks = getattr(module, "transformer_blocks", None)
+        if blocks is not None:
+            has_cross = all(getattr(b, "attn2", None) is not None for b in blocks)
+            depths.append((len(blocks), has_cross))
+    return depths
+
+
+def _has(block, class_name):
+    return any(type(m).__name__ == class_name for m in block.modules())
+
+
+def list_attention_layers(diffusion_model):
+    """All self-attention layers of a UNetModel, in forward order."""
+    if not hasattr(diffusion_model, "input_blocks") or not hasattr(diffusion_model, "output_blocks"):
+        return []
+    layers = []
+
+    def add(block_name, block_id, block, factor):
+        index = 0
+        for depth, has_cross in _transformer_depths(block):
+            for _ in range(depth):
+                layers.append(AttentionLayer((block_name, block_id, index), factor, has_cross))
+                index += 1
+
+    factor = 1
+    for block_id, block in enumerate(diffusion_model.input_blocks):
+        if _has(block, "Downsample"):
+            factor *= 2
+        add("input", block_id, block, factor)
+    add("middle", 0, diffusion_model.middle_block, factor)
+    for block_id, block in enumerate(diffusion_model.output_blocks):
+        add("output", block_id, block, factor)
+        if _has(block, "Upsample"):
+            factor //= 2
+    return layers
+
+
+def parse_custom_layers(text: str):
+    """'output_6.0, output_7' -> [("output", 6, 0), ("output", 7, None)]; None = every index."""
+    parsed = []
+    for item in filter(None, (part.strip() for part in text.replace(";", ",").split(","))):
+        name, _, rest = item.partition("_")
+        block_id, _, index = rest.partition(".")
+        if name not in ("input", "middle", "output") or not block_id.isdigit() or (index and not index.isdigit()):
+            raise MagicFaceInputError(
+                "MagicFace Stage Scheduler", "custom_layers", f"cannot read layer '{item}'.",
+                "write layers as output_6, output_7.0 (block name input/middle/output, block number, "
+                "optional .transformer index), separated by commas.")
+        parsed.append((name, int(block_id), int(index) if index else None))
+    return parsed
+
+
+def select_injection_layers(layers, preset: str, custom: str = ""):
+    """The self-attention layers that get RSA/RBA."""
+    decoder = [layer for layer in layers if layer.key[0] == "output"]
+    if preset == keys.LAYER_PRESET_PAPER:
+        # The reference code patches decoder self-attention at the two highest attention resolutions.
+        finest = sorted({layer.factor for layer in decoder})[:2]
+        chosen = [layer for layer in decoder if layer.factor in finest]
+    elif preset == keys.LAYER_PRESET_ALL_DECODER:
+        chosen = decoder
+    elif preset == keys.LAYER_PRESET_CUSTOM:
+        wanted = parse_custom_layers(custom)
+        chosen = [layer for layer in layers
+                  if any(layer.key[:2] == w[:2] and w[2] in (None, layer.key[2]) for w in wanted)]
+        missing = [w for w in wanted if not any(layer.key[:2] == w[:2] for layer in layers)]
+        if missing:
+            names = ", ".join(f"{w[0]}_{w[1]}" for w in missing)
+            raise MagicFaceInputError(
+                "MagicFace Stage Scheduler", "custom_layers", f"this model has no attention in {names}.",
+                "pick layers from: " + ", ".join(sorted({layer.name for layer in layers})))
+    else:
+        raise MagicFaceInputError("MagicFace Stage Scheduler", "layers", f"unknown preset '{preset}'.",
+                                  "choose one of " + ", ".join(keys.LAYER_PRESETS))
+    return chosen
+
+
+def select_segmentation_layers(layers):
+    """Layers whose attention feeds the segmentation: all with text cross-attention at stride >= 2.
+
+    This is the reference code's set (its 32x32, 16x16 and 8x8 layers at a 64x64 latent).
+    """
+    return [layer for layer in layers if layer.factor >= 2 and layer.has_cross]
+
+
+def layer_hw(latent_hw, factor):
+    """Token grid of a layer: ComfyUI's stride-2 convolutions round odd sizes up."""
+    h, w = latent_hw
+    while factor > 1:
+        h, w, factor = (h + 1) // 2, (w + 1) // 2, factor // 2
+    return h, w

@@ -1,0 +1,164 @@
+"""MagicFacePatch: installs every MagicFace hook on a cloned ModelPatcher and owns its runs.
+
+Hooks installed (all wrap what was there before, never overwrite it):
+- attn1 replace on injection layers (RSA/RBA) and segmentation layers (query/key capture);
+- attn2 replace on segmentation layers (segmentation maps);
+- model_function_wrapper: per-call context, reference pass, segmentation at the end of a call;
+- sampler_cfg_function: semantic-aware CFG (when enabled);
+- OUTER_SAMPLE wrapper where the host has one, so a run's state is created and released in
+  a try/finally around the whole sampling. The 2024 host has no such hook: there a run
+  starts at the first model call whose sigma is above the previous one (or whose latent
+  shape differs), and the previous run's state is released then.
+"""
+import logging
+
+import torch
+
+from . import keys
+from .attention_hooks import CrossAttentionHook, SelfAttentionHook
+from .concepts import _SharedOnCopy
+from .guidance_hook import SemanticGuidanceHook
+from .host import add_outer_sample_wrapper, get_attention_replace, has_outer_sample_wrapper
+from .reference_pass import run_reference_pass
+from .run_state import CallContext, MagicFaceRun
+
+log = logging.getLogger("MagicFace")
+
+
+class MagicFacePatch(_SharedOnCopy):
+    def __init__(self, plan):
+        self.plan = plan
+        self.self_hooks = {}
+        self._run = None
+        self._run_owned_by_wrapper = False
+        self.last_report = None
+
+    # --- installation ---------------------------------------------------------------------
+    def install(self, model_patcher):
+        injection = {layer.key: layer for layer in self.plan.injection_layers}
+        segmentation = {layer.key: layer for layer in self.plan.segmentation_layers}
+        for key in list(injection) + [k for k in segmentation if k not in injection]:
+            layer = injection.get(key) or segmentation[key]
+            hook = SelfAttentionHook(layer, inject=key in injection, collect=key in segmentation,
+                                     previous=get_attention_replace(model_patcher, "attn1", key))
+            model_patcher.set_model_attn1_replace(hook, key[0], key[1], key[2])
+            if key in injection:
+                self.self_hooks[key] = hook
+        for key, layer in segmentation.items():
+            hook = CrossAttentionHook(layer, previous=get_attention_replace(model_patcher, "attn2", key))
+            model_patcher.set_model_attn2_replace(hook, key[0], key[1], key[2])
+
+        previous_wrapper = model_patcher.model_options.get("model_function_wrapper")
+        model_patcher.set_model_unet_function_wrapper(ModelCallHook(self, previous_wrapper))
+        if self.plan.semantic_cfg:
+            previous_cfg = model_patcher.model_options.get("sampler_cfg_function")
+            model_patcher.set_model_sampler_cfg_function(SemanticGuidanceHook(self, previous_cfg))
+        if has_outer_sample_wrapper(model_patcher):
+            add_outer_sample_wrapper(model_patcher, keys.WRAPPER_KEY, OuterSampleHook(self))
+
+    # --- run lifecycle --------------------------------------------------------------------
+    def start_run(self, owned_by_wrapper: bool):
+        self.end_run()
+        self._run = MagicFaceRun(self.plan)
+        self._run_owned_by_wrapper = owned_by_wrapper
+        return self._run
+
+    def end_run(self):
+        if self._run is not None:
+            self.last_report = self._run.report()
+            self._run.release()
+        self._run = None
+
+    def active_run(self):
+        return self._run
+
+    def run_for_call(self, sigma: float, latent_shape):
+        run = self._run
+        if run is None or (not self._run_owned_by_wrapper and not run.is_continued_by(sigma, latent_shape)):
+            run = self.start_run(owned_by_wrapper=False)
+        run.note_call(sigma, latent_shape)
+        return run
+
+    def report(self):
+        """Call statistics of the current run, or of the last finished one."""
+        if self._run is not None:
+            return self._run.report()
+        return self.last_report
+
+
+class OuterSampleHook(_SharedOnCopy):
+    def __init__(self, patch):
+        self.patch = patch
+
+    def __call__(self, executor, *args, **kwargs):
+        self.patch.start_run(owned_by_wrapper=True)
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self.patch.end_run()
+
+
+def _rows(cond_or_uncond, chunk_size, flag, device):
+    return torch.tensor([i * chunk_size + j for i, f in enumerate(cond_or_uncond) if f == flag
+                         for j in range(chunk_size)], dtype=torch.long, device=device)
+
+
+class ModelCallHook(_SharedOnCopy):
+    """model_function_wrapper: sets up one call's context around the host's apply_model."""
+
+    def __init__(self, patch, previous=None):
+        self.patch, self.previous = patch, previous
+
+    def _forward(self, apply_model, args):
+        if self.previous is not None:
+            return self.previous(apply_model, args)
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    def __call__(self, apply_model, args):
+        x, timestep, c = args["input"], args["timestep"], args["c"]
+        if c.get("transformer_options", {}).get(keys.CALL_CONTEXT_KEY) is not None:
+            return self._forward(apply_model, args)  # a nested call of another MagicFace patch
+        sigma = float(timestep.reshape(-1)[0])
+        plan = self.patch.plan
+        stage = plan.stage_at(sigma)
+        cond_or_uncond = list(args["cond_or_uncond"])
+        chunk = x.shape[0] // len(cond_or_uncond)
+        cond_rows = _rows(cond_or_uncond, chunk, keys.COND_FLAG, x.device)
+        if stage is None or cond_rows.numel() == 0:
+            return self._forward(apply_model, args)
+
+        run = self.patch.run_for_call(sigma, (chunk,) + tuple(x.shape[1:]))
+        call = self._call_context(run, stage, sigma, x, cond_or_uncond, chunk, cond_rows)
+        try:
+            if stage == keys.STAGE_RBA:
+                call.regions = self._regions(run, sigma, x.device)
+            run_reference_pass(run, self.patch.self_hooks, apply_model, c, sigma, x.device)
+            run.stage_sigmas[stage].append(sigma)
+            options = dict(c.get("transformer_options", {}))
+            options[keys.CALL_CONTEXT_KEY] = call
+            out = self._forward(apply_model, {**args, "c": {**c, "transformer_options": options}})
+            run.finish_segmentation(call)
+            return out
+        finally:
+            call.release()
+
+    @staticmethod
+    def _call_context(run, stage, sigma, x, cond_or_uncond, chunk, cond_rows):
+        uncond_rows = _rows(cond_or_uncond, chunk, keys.UNCOND_FLAG, x.device)
+        first_cond = cond_rows[:chunk]
+        has_uncond = uncond_rows.numel() > 0
+        if has_uncond:
+            seg_rows = torch.stack([uncond_rows[:chunk], first_cond], dim=1).reshape(-1)
+        else:
+            seg_rows = first_cond
+        elements = torch.arange(cond_rows.numel(), device=x.device) % chunk
+        return CallContext(run=run, mode=keys.MODE_TARGET, sigma=sigma, latent_hw=tuple(x.shape[-2:]),
+                           stage=stage, cond_rows=cond_rows, cond_elements=elements, seg_rows=seg_rows,
+                           seg_has_uncond=has_uncond, collect=True)
+
+    @staticmethod
+    def _regions(run, sigma, device):
+        segmentation = run.segmentation_before(sigma)
+        if segmentation is None:
+            return None
+        return torch.stack([s.concept_regions for s in segmentation]).to(device)

@@ -1,0 +1,48 @@
+"""Everything MagicFace Apply decides before sampling, frozen into one immutable plan."""
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from . import keys
+from .concepts import _SharedOnCopy
+
+
+@dataclass(frozen=True, eq=False)
+class MagicFacePlan(_SharedOnCopy):
+    """Inputs of every run of one patched model.
+
+    reference_latents: (R, C_lat, h, w) clean reference latents in the model's latent space.
+    reference_masks: (R, Hm, Wm) float masks ("area" mode) or (R, 128, 128) bool (reference mode).
+    reference_context: (R, T, C_ctx) text context of each reference prompt.
+    reference_pooled: (R, C_pool) pooled text embedding, for models with adm conditioning.
+    concept_tokens: per concept, its context token indices in the target prompt.
+    sigma_start > sigma_switch > sigma_end: the effect runs while sigma_end <= sigma <= sigma_start;
+    RSA while sigma > sigma_switch, RBA after.
+    """
+    injection_layers: tuple
+    segmentation_layers: tuple
+    reference_latents: torch.Tensor
+    reference_masks: torch.Tensor
+    mask_mode: str
+    weights: tuple
+    reference_context: torch.Tensor
+    reference_pooled: Optional[torch.Tensor]
+    concept_tokens: tuple
+    concept_names: tuple
+    ca_scale: float
+    semantic_cfg: bool
+    sigma_start: float
+    sigma_switch: float
+    sigma_end: float
+    seed: int
+
+    @property
+    def concept_count(self) -> int:
+        return len(self.weights)
+
+    def stage_at(self, sigma: float):
+        """'rsa', 'rba' or None (outside the effect window)."""
+        if sigma > self.sigma_start * (1 + 1e-6) or sigma < self.sigma_end * (1 - 1e-6):
+            return None
+        return keys.STAGE_RSA if sigma > self.sigma_switch else keys.STAGE_RBA

@@ -1,0 +1,144 @@
+"""Per-run and per-call MagicFace state.
+
+A MagicFaceRun lives for one sampling run of one patched model: reference features of the
+current noise level, the segmentation history and call statistics. A CallContext lives for
+one model call and travels to the attention hooks through transformer_options.
+Everything is keyed by noise level (sigma), never by call counters, so samplers that call
+the model several times per step, skip the uncond branch or batch several images work.
+"""
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from . import keys
+from .layers import layer_hw
+from ..magicface_attn import make_reference_kv, mask_to_layer, segment
+
+SIGMA_RTOL = 1e-5
+KEPT_SEGMENTATIONS = 3
+
+
+def same_sigma(a: float, b: float) -> bool:
+    return abs(a - b) <= SIGMA_RTOL * max(abs(a), abs(b), 1e-12)
+
+
+@dataclass
+class CallContext:
+    run: "MagicFaceRun"
+    mode: str                       # keys.MODE_TARGET or keys.MODE_CAPTURE
+    sigma: float
+    latent_hw: tuple
+    stage: Optional[str] = None     # keys.STAGE_RSA / STAGE_RBA / None
+    cond_rows: Optional[torch.Tensor] = None      # row indices of the target's cond branch
+    cond_elements: Optional[torch.Tensor] = None  # batch element of each cond row
+    seg_rows: Optional[torch.Tensor] = None       # [uncond_0, cond_0, uncond_1, cond_1, ...] or cond rows only
+    seg_has_uncond: bool = False
+    regions: Optional[torch.Tensor] = None        # (batch_elements, R, Hs, Ws) bool concept regions for RBA
+    collect: bool = False
+    pending_self: dict = field(default_factory=dict)   # layer key -> (q, k) of seg rows
+    maps: list = field(default_factory=list)            # [(maps (rows, N, T), (h, w))]
+
+    def release(self):
+        self.pending_self.clear()
+        self.maps.clear()
+        self.regions = None
+
+
+class MagicFaceRun:
+    def __init__(self, plan):
+        self.plan = plan
+        self.last_sigma = None
+        self.latent_shape = None
+        self.reference_sigma = None
+        self.reference_kv = {}
+        self.segmentations = []          # [(sigma, [Segmentation per batch element])]
+        self.label_history = []          # [(sigma, (E, Hs, Ws) long labels)]: small, kept for previews
+        self.calls = Counter()           # (stage or "segmentation", layer name) -> calls
+        self.stage_sigmas = {keys.STAGE_RSA: [], keys.STAGE_RBA: []}
+        self._layer_masks = {}
+
+    def is_continued_by(self, sigma: float, latent_shape) -> bool:
+        """Whether a model call at this sigma belongs to this run (sigmas never rise within one)."""
+        if self.last_sigma is None:
+            return True
+        return tuple(latent_shape) == self.latent_shape and sigma <= self.last_sigma * (1 + SIGMA_RTOL)
+
+    def note_call(self, sigma: float, latent_shape):
+        self.last_sigma = sigma
+        self.latent_shape = tuple(latent_shape)
+
+    # --- reference features -------------------------------------------------------------
+    def layer_masks(self, hw, device):
+        """(R, h*w) bool reference masks at one layer's token grid, cached per grid."""
+        cached = self._layer_masks.get(hw)
+        if cached is None or cached.device != device:
+            mode = "nearest" if self.plan.mask_mode == keys.MASK_MODE_REFERENCE else "area"
+            cached = mask_to_layer(self.plan.reference_masks.to(device), hw[0], hw[1], mode=mode)
+            self._layer_masks[hw] = cached
+        return cached
+
+    def store_reference(self, layer, k, v, heads, reference_hw):
+        hw = layer_hw(reference_hw, layer.factor)
+        if hw[0] * hw[1] != k.shape[1]:
+            raise RuntimeError(f"MagicFace: reference tokens {k.shape[1]} do not match grid {hw} at {layer.name}")
+        masks = self.layer_masks(hw, k.device)
+        weights = torch.tensor(self.plan.weights, dtype=torch.float32, device=k.device)
+        self.reference_kv[layer.key] = make_reference_kv(k, v, masks, weights, heads)
+
+    def references_ready_for(self, sigma: float) -> bool:
+        return self.reference_sigma is not None and same_sigma(self.reference_sigma, sigma)
+
+    # --- segmentation ----------------------------------------------------------------------
+    def finish_segmentation(self, call: CallContext):
+        if not call.maps:
+            return
+        elements = call.maps[0][0].shape[0] // (2 if call.seg_has_uncond else 1)
+        out_hw = layer_hw(call.latent_hw, 2)
+        tokens = [list(t) for t in self.plan.concept_tokens]
+        per_element = []
+        for element in range(elements):
+            layer_maps = []
+            for maps, hw in call.maps:
+                rows = maps.reshape(elements, -1, *maps.shape[1:])[element]
+                layer_maps.append((rows, hw))
+            per_element.append(segment(layer_maps, out_hw, tokens, self.plan.ca_scale))
+        self.segmentations = [(s, seg) for s, seg in self.segmentations if not same_sigma(s, call.sigma)]
+        self.segmentations.append((call.sigma, per_element))
+        self.label_history.append((call.sigma, torch.stack([seg.labels for seg in per_element]).cpu()))
+        # Only the current and the previous step are ever read back.
+        del self.segmentations[:-KEPT_SEGMENTATIONS]
+        self.calls[("segmentation", "step")] += 1
+
+    def segmentation_before(self, sigma: float):
+        """Newest segmentation computed at a higher noise level (the previous step)."""
+        earlier = [(s, seg) for s, seg in self.segmentations if s > sigma and not same_sigma(s, sigma)]
+        return min(earlier, key=lambda item: item[0])[1] if earlier else None
+
+    def segmentation_at(self, sigma: float):
+        for s, seg in reversed(self.segmentations):
+            if same_sigma(s, sigma):
+                return seg
+        return None
+
+    def latest_segmentation(self):
+        return self.segmentations[-1][1] if self.segmentations else None
+
+    def report(self) -> dict:
+        return {
+            "calls": dict(self.calls),
+            "rsa_sigmas": list(self.stage_sigmas[keys.STAGE_RSA]),
+            "rba_sigmas": list(self.stage_sigmas[keys.STAGE_RBA]),
+            "segmentation_sigmas": [s for s, _ in self.label_history],
+            "label_history": list(self.label_history),
+            "segmentation": self.latest_segmentation(),
+            "concept_names": self.plan.concept_names,
+        }
+
+    def release(self):
+        self.reference_kv.clear()
+        self.segmentations.clear()
+        self.label_history.clear()
+        self._layer_masks.clear()
+        self.reference_sigma = None

@@ -1,0 +1,22 @@
+"""MagicFace nodes: small classes, no math. The math is in magicface_attn, the hooks in comfy_glue."""
+from .concept_folder import MagicFaceConceptFromFolder
+from .concept_loader import MagicFaceConceptLoader
+from .concept_mask import MagicFaceConceptMask
+from .magicface_apply import MagicFaceApply
+from .stage_scheduler import MagicFaceStageScheduler
+
+NODE_CLASS_MAPPINGS = {
+    "MagicFaceConceptLoader": MagicFaceConceptLoader,
+    "MagicFaceConceptFromFolder": MagicFaceConceptFromFolder,
+    "MagicFaceConceptMask": MagicFaceConceptMask,
+    "MagicFaceStageScheduler": MagicFaceStageScheduler,
+    "MagicFaceApply": MagicFaceApply,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "MagicFaceConceptLoader": "MagicFace Concept Loader",
+    "MagicFaceConceptFromFolder": "MagicFace Concept From Folder",
+    "MagicFaceConceptMask": "MagicFace Concept Mask",
+    "MagicFaceStageScheduler": "MagicFace Stage Scheduler",
+    "MagicFaceApply": "MagicFace Apply",
+}

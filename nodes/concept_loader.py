@@ -1,0 +1,90 @@
+"""MagicFace Concept Loader: one reference image + mask + prompt word(s), chained into a list."""
+import logging
+
+import torch
+
+from ..comfy_glue import keys
+from ..comfy_glue.concepts import Concept, ConceptList
+from ..comfy_glue.errors import MagicFaceInputError
+
+log = logging.getLogger("MagicFace")
+NODE = "MagicFace Concept Loader"
+MAX_WEIGHT = 10.0
+
+
+def reference_image(image: torch.Tensor, node: str) -> torch.Tensor:
+    """IMAGE batch (B, H, W, C) -> one RGB image (H, W, 3); greyscale and RGBA are accepted."""
+    if image.dim() == 3:
+        image = image[None]
+    if image.dim() != 4 or image.shape[-1] not in (1, 3, 4):
+        raise MagicFaceInputError(node, "image", f"expected an IMAGE (B, H, W, C), got shape {tuple(image.shape)}.",
+                                  "connect a Load Image node (or any node that outputs IMAGE).")
+    if image.shape[0] > 1:
+        log.warning("[%s] the image input is a batch of %d; the first image is used.", node, image.shape[0])
+    picture = image[0].float().cpu()
+    if picture.shape[-1] == 1:
+        picture = picture.expand(-1, -1, 3)
+    return picture[..., :3].clamp(0, 1)
+
+
+def reference_mask(mask, image_hw, node: str) -> torch.Tensor:
+    """MASK (B, H, W) or (H, W) or None -> (H, W) float at the image's size (resized if needed)."""
+    if mask is None:
+        return torch.ones(image_hw)
+    mask = mask.float().cpu()
+    while mask.dim() > 2:
+        mask = mask[0]
+    if tuple(mask.shape) != tuple(image_hw):
+        log.info("[%s] mask %s resized to the image size %s.", node, tuple(mask.shape), tuple(image_hw))
+        mask = torch.nn.functional.interpolate(mask[None, None], size=tuple(image_hw), mode="bilinear",
+                                               align_corners=False)[0, 0]
+    return mask.clamp(0, 1)
+
+
+def checked_weight(weight: float, node: str) -> float:
+    if not (0.0 <= weight <= MAX_WEIGHT):
+        raise MagicFaceInputError(node, "weight", f"{weight} is outside 0..{MAX_WEIGHT}.",
+                                  "use 1.2 to 4.0 (3.0 for a single face is a good start); 0 disables the concept.")
+    return float(weight)
+
+
+def build_concept(image, mask, words, weight, reference_prompt, node, source):
+    words = words.strip()
+    if not words:
+        raise MagicFaceInputError(node, "words", "no concept word given.",
+                                  "type the word of the target prompt that names this concept, e.g. 'man' or 'hat'.")
+    picture = reference_image(image, node)
+    concept_mask = reference_mask(mask, picture.shape[:2], node)
+    prompt = reference_prompt.strip() or f"a {words}"
+    return Concept(image=picture, mask=concept_mask, words=words, weight=checked_weight(weight, node),
+                   reference_prompt=prompt, source=source)
+
+
+class MagicFaceConceptLoader:
+    CATEGORY = "MagicFace"
+    FUNCTION = "load"
+    RETURN_TYPES = (keys.CONCEPTS_TYPE,)
+    RETURN_NAMES = ("concepts",)
+    DESCRIPTION = "One MagicFace concept: a reference image, its mask, and the prompt word that names it."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": ("IMAGE", {"tooltip": "Reference image of the concept (face, hair, outfit, hat...)."}),
+                "words": ("STRING", {"default": "man", "tooltip": "Word(s) of the target prompt that name this concept."}),
+                "weight": ("FLOAT", {"default": 3.0, "min": 0.0, "max": MAX_WEIGHT, "step": 0.1,
+                                     "tooltip": "Attention bonus on the reference (logit +weight). 1.2-4.0; "
+                                                "raise if the concept is ignored, lower if it is copied too literally."}),
+            },
+            "optional": {
+                "mask": ("MASK", {"tooltip": "Where the concept is in the reference image. Unconnected: whole image."}),
+                "reference_prompt": ("STRING", {"default": "", "tooltip": "Short prompt describing the reference "
+                                                "image, e.g. 'a man'. Empty: 'a <words>'."}),
+                "previous": (keys.CONCEPTS_TYPE, {"tooltip": "Concepts of earlier loaders, to chain several concepts."}),
+            },
+        }
+
+    def load(self, image, words, weight, mask=None, reference_prompt="", previous=None):
+        concept = build_concept(image, mask, words, weight, reference_prompt, NODE, source="image")
+        return ((previous or ConceptList()).extended(concept),)

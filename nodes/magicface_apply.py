@@ -1,0 +1,39 @@
+"""MagicFace Apply: patch a clone of the model so a normal KSampler runs MagicFace."""
+from ..comfy_glue import keys
+from ..comfy_glue.builder import apply_magicface
+from ..comfy_glue.concepts import StageSchedule
+
+
+class MagicFaceApply:
+    CATEGORY = "MagicFace"
+    FUNCTION = "apply"
+    RETURN_TYPES = ("MODEL", "CONDITIONING", keys.PROBE_TYPE)
+    RETURN_NAMES = ("model", "positive", "probe")
+    DESCRIPTION = ("Customise the generated person with the concepts. Use the 'positive' output in the "
+                   "KSampler so the prompt is typed once.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "clip": ("CLIP", {"tooltip": "The checkpoint's CLIP: finds the concept words and encodes prompts."}),
+                "vae": ("VAE", {"tooltip": "Encodes the reference images."}),
+                "concepts": (keys.CONCEPTS_TYPE, {"tooltip": "From Concept Loader nodes (chain them for several)."}),
+                "prompt": ("STRING", {"multiline": True, "default": "a photo of a man",
+                                      "tooltip": "Target prompt; every concept's word must appear in it."}),
+            },
+            "optional": {
+                "schedule": (keys.SCHEDULE_TYPE, {"tooltip": "From Stage Scheduler. Unconnected: reference defaults."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff,
+                                 "tooltip": "Seed of the noise added to the references at each step."}),
+                "reference_size": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 64,
+                                           "tooltip": "Square size the references are encoded at. 0 = the model's "
+                                                      "native size (512 SD1.x, 768 SD2-v, 1024 SDXL)."}),
+            },
+        }
+
+    def apply(self, model, clip, vae, concepts, prompt, schedule=None, seed=0, reference_size=0):
+        patched, positive, patch = apply_magicface(model, clip, vae, concepts, prompt, schedule or StageSchedule(),
+                                                   seed=seed, reference_size=reference_size)
+        return patched, positive, patch

@@ -1,0 +1,53 @@
+"""MagicFace Stage Scheduler: when RSA runs, when RBA takes over, where, and how."""
+from ..comfy_glue import keys
+from ..comfy_glue.concepts import StageSchedule
+from ..comfy_glue.errors import MagicFaceInputError
+from ..comfy_glue.layers import parse_custom_layers
+
+NODE = "MagicFace Stage Scheduler"
+
+
+class MagicFaceStageScheduler:
+    CATEGORY = "MagicFace"
+    FUNCTION = "schedule"
+    RETURN_TYPES = (keys.SCHEDULE_TYPE,)
+    RETURN_NAMES = ("schedule",)
+    DESCRIPTION = "Timing and layers of MagicFace's two stages (RSA early, RBA late)."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "switch_at": ("FLOAT", {"default": 0.42, "min": 0.0, "max": 1.0, "step": 0.01,
+                                        "tooltip": "Fraction of the schedule where RBA replaces RSA. 0.42 = the "
+                                                   "reference code's step 21 of 50. Later: stronger likeness, "
+                                                   "more concept mixing."}),
+                "start_at": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                       "tooltip": "Fraction where MagicFace starts acting."}),
+                "end_at": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                     "tooltip": "Fraction where MagicFace stops acting."}),
+                "layers": (list(keys.LAYER_PRESETS), {"tooltip": "paper: decoder self-attention at the two finest "
+                                                      "attention resolutions (the reference code); all decoder: "
+                                                      "every decoder self-attention; custom: the list below."}),
+                "custom_layers": ("STRING", {"default": "output_6, output_7, output_8",
+                                             "tooltip": "Used with 'custom': blocks like output_6 or output_6.0."}),
+                "ca_scale": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                                       "tooltip": "Weight of non-concept words in the segmentation. 0 = auto "
+                                                  "(0.9 for one concept, 0.6 for several)."}),
+                "semantic_cfg": ("BOOLEAN", {"default": True,
+                                             "tooltip": "Per-region CFG strength from the segmentation."}),
+                "mask_mode": (list(keys.MASK_MODES), {"tooltip": "area: soft masks averaged to each layer "
+                                                      "(default); reference: the reference code's 255-only, "
+                                                      "128x128 nearest rule."}),
+            }
+        }
+
+    def schedule(self, switch_at, start_at, end_at, layers, custom_layers, ca_scale, semantic_cfg, mask_mode):
+        if not start_at <= switch_at <= end_at:
+            raise MagicFaceInputError(NODE, "switch_at", f"need start_at <= switch_at <= end_at, got "
+                                      f"{start_at}, {switch_at}, {end_at}.", "order the three fractions.")
+        if layers == keys.LAYER_PRESET_CUSTOM:
+            parse_custom_layers(custom_layers)  # fail here, not at sampling time
+        return (StageSchedule(switch_at=switch_at, start_at=start_at, end_at=end_at, layers=layers,
+                              custom_layers=custom_layers, ca_scale=ca_scale, semantic_cfg=semantic_cfg,
+                              mask_mode=mask_mode),)
