@@ -90,12 +90,13 @@ def _validate_model(model_patcher):
 
 def apply_magicface(model, clip, vae, concepts, prompt, schedule, seed=0, reference_size=0):
     """Returns (patched clone, positive CONDITIONING of the prompt, the MagicFacePatch or None)."""
-    if len(concepts) == 0:
-        raise MagicFaceInputError(NODE, "concepts", "no concept is connected.",
-                                  "connect a MagicFace Concept Loader to 'concepts'.")
     if not prompt.strip():
         raise MagicFaceInputError(NODE, "prompt", "the prompt is empty.",
                                   "type the target prompt, with each concept's word in it.")
+    if len(concepts) == 0:
+        log.warning("[MagicFace Apply] no concept connected: MagicFace is off, the model is returned unchanged.")
+        cond, pooled = encode_text(clip, prompt)
+        return model.clone(), [[cond, {"pooled_output": pooled}]], None
     layers = _validate_model(model)
     injection = select_injection_layers(layers, schedule.layers, schedule.custom_layers)
     if not injection:

@@ -3,6 +3,7 @@ from .concept_folder import MagicFaceConceptFromFolder
 from .concept_loader import MagicFaceConceptLoader
 from .concept_mask import MagicFaceConceptMask
 from .magicface_apply import MagicFaceApply
+from .previews import MagicFaceSegmentationPreview, MagicFaceSegmentationSteps
 from .stage_scheduler import MagicFaceStageScheduler
 
 NODE_CLASS_MAPPINGS = {
@@ -11,6 +12,8 @@ NODE_CLASS_MAPPINGS = {
     "MagicFaceConceptMask": MagicFaceConceptMask,
     "MagicFaceStageScheduler": MagicFaceStageScheduler,
     "MagicFaceApply": MagicFaceApply,
+    "MagicFaceSegmentationPreview": MagicFaceSegmentationPreview,
+    "MagicFaceSegmentationSteps": MagicFaceSegmentationSteps,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -19,4 +22,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "MagicFaceConceptMask": "MagicFace Concept Mask",
     "MagicFaceStageScheduler": "MagicFace Stage Scheduler",
     "MagicFaceApply": "MagicFace Apply",
+    "MagicFaceSegmentationPreview": "MagicFace Segmentation Preview",
+    "MagicFaceSegmentationSteps": "MagicFace Segmentation Steps",
 }

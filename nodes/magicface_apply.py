@@ -1,7 +1,7 @@
 """MagicFace Apply: patch a clone of the model so a normal KSampler runs MagicFace."""
 from ..comfy_glue import keys
 from ..comfy_glue.builder import apply_magicface
-from ..comfy_glue.concepts import StageSchedule
+from ..comfy_glue.concepts import ConceptList, StageSchedule
 
 
 class MagicFaceApply:
@@ -19,11 +19,12 @@ class MagicFaceApply:
                 "model": ("MODEL",),
                 "clip": ("CLIP", {"tooltip": "The checkpoint's CLIP: finds the concept words and encodes prompts."}),
                 "vae": ("VAE", {"tooltip": "Encodes the reference images."}),
-                "concepts": (keys.CONCEPTS_TYPE, {"tooltip": "From Concept Loader nodes (chain them for several)."}),
                 "prompt": ("STRING", {"multiline": True, "default": "a photo of a man",
                                       "tooltip": "Target prompt; every concept's word must appear in it."}),
             },
             "optional": {
+                "concepts": (keys.CONCEPTS_TYPE, {"tooltip": "From Concept Loader nodes (chain them for several). "
+                                                  "Unconnected: MagicFace is off and the model is unchanged."}),
                 "schedule": (keys.SCHEDULE_TYPE, {"tooltip": "From Stage Scheduler. Unconnected: reference defaults."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff,
                                  "tooltip": "Seed of the noise added to the references at each step."}),
@@ -33,7 +34,7 @@ class MagicFaceApply:
             },
         }
 
-    def apply(self, model, clip, vae, concepts, prompt, schedule=None, seed=0, reference_size=0):
-        patched, positive, patch = apply_magicface(model, clip, vae, concepts, prompt, schedule or StageSchedule(),
+    def apply(self, model, clip, vae, prompt, concepts=None, schedule=None, seed=0, reference_size=0):
+        patched, positive, patch = apply_magicface(model, clip, vae, concepts or ConceptList(), prompt, schedule or StageSchedule(),
                                                    seed=seed, reference_size=reference_size)
         return patched, positive, patch

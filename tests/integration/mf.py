@@ -1,0 +1,82 @@
+"""Helpers for MagicFace integration tests: node calls in-process and API-format graphs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+PAUL_WORDS = ("man", "hat", "sunglasses")
+PAUL_WEIGHTS = (2.5, 2.0, 2.0)
+PAUL_PROMPT = "a man with a hat wearing a sunglasses"
+
+
+def node(name):
+    import nodes
+    return nodes.NODE_CLASS_MAPPINGS[name]()
+
+
+def load_image(path: Path, mode="RGB") -> torch.Tensor:
+    with Image.open(path) as picture:
+        array = np.asarray(picture.convert(mode), dtype=np.float32) / 255.0
+    tensor = torch.from_numpy(array)
+    return tensor[None] if mode == "RGB" else tensor[None]
+
+
+def synthetic_concept(seed: int, size=(96, 80)):
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.rand(1, *size, 3, generator=generator)
+    mask = torch.zeros(1, *size)
+    mask[:, size[0] // 5: size[0] * 4 // 5, size[1] // 4: size[1] * 3 // 4] = 1
+    return image, mask
+
+
+def concepts_from(specs, previous=None):
+    """specs: [(image, mask, words, weight)] -> MAGICFACE_CONCEPTS through the real loader node."""
+    concepts = previous
+    for image, mask, words, weight in specs:
+        concepts = node("MagicFaceConceptLoader").load(image, words, weight, mask=mask, previous=concepts)[0]
+    return concepts
+
+
+def paul_concepts(examples_dir: Path, words=PAUL_WORDS):
+    folder = examples_dir / "Paul"
+    specs = []
+    for name, word, weight in zip(PAUL_WORDS, words, PAUL_WEIGHTS):
+        image = load_image(folder / "image" / f"{name}.jpg")
+        mask_image = load_image(folder / "mask" / f"{name}.jpg")
+        mask = node("MagicFaceConceptMask").make_mask(0.5, "value", 0, 0.0, False, mask_image=mask_image)[0]
+        specs.append((image, mask, word, weight))
+    return concepts_from(specs)
+
+
+def schedule(**overrides):
+    values = dict(switch_at=0.42, start_at=0.0, end_at=1.0, layers="paper", custom_layers="", ca_scale=0.0,
+                  semantic_cfg=True, mask_mode="area")
+    values.update(overrides)
+    return node("MagicFaceStageScheduler").schedule(**values)[0]
+
+
+def load_checkpoint(ckpt: Path):
+    return node("CheckpointLoaderSimple").load_checkpoint(ckpt.name)[:3]
+
+
+def encode(clip, text):
+    return node("CLIPTextEncode").encode(clip, text)[0]
+
+
+def sample(model, positive, negative, latent, steps=3, cfg=5.0, sampler="euler", scheduler="normal", seed=0,
+           denoise=1.0):
+    import nodes
+    return nodes.common_ksampler(model, seed, steps, cfg, sampler, scheduler, positive, negative,
+                                 {"samples": latent}, denoise=denoise)[0]["samples"]
+
+
+def apply(model, clip, vae, concepts, prompt, sched=None, reference_size=128, seed=0):
+    return node("MagicFaceApply").apply(model, clip, vae, prompt, concepts=concepts, schedule=sched or schedule(),
+                                        seed=seed, reference_size=reference_size)
+
+
+def injected_calls(report, stage):
+    return {name: n for (kind, name), n in report["calls"].items() if kind == stage}

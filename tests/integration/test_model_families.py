@@ -1,0 +1,85 @@
+"""SD2.x-v and SDXL UNets, and the reference code's own schedule ("reference mode")."""
+import importlib
+
+import pytest
+import torch
+
+from .mf import apply, concepts_from, injected_calls, sample, schedule, synthetic_concept
+
+PACK = "ComfyUI-MagicFace"
+# SD 2.1's UNet layout as ComfyUI detects it (4 levels, attention at the first 3).
+SD21_UNET = dict(use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
+                 adm_in_channels=None, in_channels=4, model_channels=320, num_res_blocks=[2, 2, 2, 2],
+                 transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], channel_mult=[1, 2, 4, 4], transformer_depth_middle=1,
+                 use_linear_in_transformer=True, context_dim=1024, num_head_channels=64,
+                 transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0])
+
+
+def glue(module):
+    return importlib.import_module(f"{PACK}.comfy_glue.{module}")
+
+
+def _plan_for(model_patcher, context_dim, pooled_dim=None, concepts=2, seed=0):
+    """A MagicFacePlan built without CLIP/VAE (these tiny UNets come without them)."""
+    layers = glue("layers")
+    generator = torch.Generator().manual_seed(seed)
+    found = layers.list_attention_layers(model_patcher.model.diffusion_model)
+    masks = torch.zeros(concepts, 64, 64)
+    masks[:, 8:56, 16:48] = 1
+    sampling = model_patcher.model.model_sampling
+    return glue("plan").MagicFacePlan(
+        injection_layers=tuple(layers.select_injection_layers(found, "paper")),
+        segmentation_layers=tuple(layers.select_segmentation_layers(found)),
+        reference_latents=torch.randn(concepts, 4, 8, 8, generator=generator),
+        reference_masks=masks, mask_mode="area", weights=tuple([2.0] * concepts),
+        reference_context=torch.randn(concepts, 77, context_dim, generator=generator),
+        reference_pooled=None if pooled_dim is None else torch.randn(concepts, pooled_dim, generator=generator),
+        concept_tokens=tuple((2 + 3 * i,) for i in range(concepts)), concept_names=("a", "b")[:concepts],
+        ca_scale=0.6, semantic_cfg=True, sigma_start=float(sampling.percent_to_sigma(0.0)),
+        sigma_switch=float(sampling.percent_to_sigma(0.42)), sigma_end=float(sampling.percent_to_sigma(1.0)), seed=seed)
+
+
+@pytest.mark.parametrize("family", ["sd2v", "sdxl"])
+def test_unet_families(family, tiny_sd2v_model, tiny_sdxl_model):
+    model = tiny_sd2v_model if family == "sd2v" else tiny_sdxl_model
+    context_dim, pooled_dim = (1024, None) if family == "sd2v" else (2048, 1280)
+    generator = torch.Generator().manual_seed(1)
+    extra = {} if pooled_dim is None else {"pooled_output": torch.randn(1, pooled_dim, generator=generator)}
+    positive = [[torch.randn(1, 77, context_dim, generator=generator), dict(extra)]]
+    negative = [[torch.randn(1, 77, context_dim, generator=generator), dict(extra)]]
+    patched = model.clone()
+    patch = glue("patch").MagicFacePatch(_plan_for(model, context_dim, pooled_dim))
+    patch.install(patched)
+    latent = torch.zeros(1, 4, 16, 16)
+    out = sample(patched, positive, negative, latent, steps=4)
+    report = patch.report()
+    names = {layer.name for layer in patch.plan.injection_layers}
+    assert set(injected_calls(report, "rsa")) == names and set(injected_calls(report, "rba")) == names
+    assert torch.isfinite(out).all()
+    assert not torch.equal(out, sample(model, positive, negative, latent, steps=4))
+
+
+def test_reference_mode_layers_are_the_reference_codes(comfy_host):
+    """On SD 2.1's real layout the 'paper' preset patches output blocks 6..11 (reference layer_idx 10..15)."""
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    unet = UNetModel(**SD21_UNET, device="meta", operations=comfy.ops.disable_weight_init)
+    layers = glue("layers")
+    chosen = layers.select_injection_layers(layers.list_attention_layers(unet), "paper")
+    assert [layer.key for layer in chosen] == [("output", i, 0) for i in range(6, 12)]
+    segmentation = layers.select_segmentation_layers(layers.list_attention_layers(unet))
+    # the reference segmentation reads 5 layers at 32x32, 5 at 16x16 and the 8x8 middle block
+    assert sorted(layer.factor for layer in segmentation) == [2] * 5 + [4] * 5 + [8]
+
+
+def test_reference_mode_switch_step(tiny, negative):
+    """50 DDIM steps with the default switch: RSA on steps 0..20, RBA from step 21, as the reference code."""
+    model, clip, vae = tiny
+    image, mask = synthetic_concept(4)
+    patched, positive, patch = apply(model, clip, vae, concepts_from([(image, mask, "man", 3.0)]),
+                                     "a photo of a man", schedule(mask_mode="reference"), reference_size=64)
+    sample(patched, positive, negative, torch.zeros(1, 4, 8, 8), steps=50, sampler="ddim", scheduler="ddim_uniform")
+    report = patch.report()
+    assert len(report["rsa_sigmas"]) == 21 and len(report["rba_sigmas"]) == 29
+    assert all(n == 21 for n in injected_calls(report, "rsa").values())
+    assert all(n == 29 for n in injected_calls(report, "rba").values())
