@@ -1,0 +1,41 @@
+"""MagicFace attention core: RSA / RBA attention, segmentation and semantic CFG in pure torch.
+
+Layouts: attention tensors are (B, N, C), C = heads*d head-major, N = h*w row-major (y*w + x).
+This package imports nothing from ComfyUI.
+"""
+from .attention import IMPLS, concept_owner, plain_attention, rba_attention, rsa_attention
+from .constants import (
+    CA_SCALE_FOREGROUND_THRESHOLD,
+    CA_SCALE_MULTI_CONCEPT,
+    CA_SCALE_SINGLE_CONCEPT,
+    GAUSSIAN_KERNEL_SIZE,
+    GAUSSIAN_SIGMA,
+    MAX_GUIDANCE,
+    NORM_EPS,
+    RATE_CLAMP,
+    RATE_EPS,
+    REFERENCE_CFG,
+    REFERENCE_INJECT_STEP,
+    REFERENCE_MASK_ON_VALUE,
+    REFERENCE_MASK_SIZE,
+    REFERENCE_SEGMENTATION_DOWNSCALE,
+    REFERENCE_STEPS,
+    START_TOKEN,
+)
+from .guidance import semantic_cfg, semantic_cfg_rate
+from .masks import MASK_MODES, mask_to_layer, reference_mode_mask, resize_nearest
+from .propagation import head_mean_cross_probs, propagate_with_probs, smooth_propagate
+from .reference_kv import ReferenceKV, make_reference_kv
+from .segmentation import Segmentation, segment
+from .smoothing import gaussian_blur, gaussian_kernel
+
+__all__ = [
+    "CA_SCALE_FOREGROUND_THRESHOLD", "CA_SCALE_MULTI_CONCEPT", "CA_SCALE_SINGLE_CONCEPT",
+    "GAUSSIAN_KERNEL_SIZE", "GAUSSIAN_SIGMA", "IMPLS", "MASK_MODES", "MAX_GUIDANCE", "NORM_EPS",
+    "RATE_CLAMP", "RATE_EPS", "REFERENCE_CFG", "REFERENCE_INJECT_STEP", "REFERENCE_MASK_ON_VALUE",
+    "REFERENCE_MASK_SIZE", "REFERENCE_SEGMENTATION_DOWNSCALE", "REFERENCE_STEPS", "START_TOKEN",
+    "ReferenceKV", "Segmentation", "concept_owner", "gaussian_blur", "gaussian_kernel",
+    "head_mean_cross_probs", "make_reference_kv", "mask_to_layer", "plain_attention",
+    "propagate_with_probs", "rba_attention", "reference_mode_mask", "resize_nearest",
+    "rsa_attention", "segment", "semantic_cfg", "semantic_cfg_rate", "smooth_propagate",
+]

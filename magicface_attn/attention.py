@@ -1,0 +1,186 @@
+"""Plain, reference-aware (RSA) and region-grouped blend (RBA) self-attention.
+
+All public functions take q, k, v as (B, N, C), C = heads*d head-major, N = h*w tokens
+row-major, and return (B, N, C) in q's dtype.
+
+impl="fast" (and "auto") never materialises query x key logits: masked-out reference keys are
+dropped (ReferenceKV's packed form) and the per-key bias is folded into extra head dimensions so
+one fused scaled_dot_product_attention call does the joint softmax:
+    q' = [q, 1, 1, 0...],  k' = [k, hi, lo, 0...] with hi + lo = bias / scale (own keys: 0),
+    v' = [v, 0...] (padded too: fused kernels need equal q/k/v head dims),
+and q'.k' * scale = q.k * scale + bias. hi/lo is a two-term split of bias/scale in the compute
+dtype, so fp16/bf16 keep the bias to ~fp32 accuracy. The widths are padded to a multiple of 8.
+impl="plain" materialises the logits exactly like the reference code (oracle for tests).
+"""
+import torch
+import torch.nn.functional as F
+
+from .heads_layout import compute_dtype, merge_heads, padded_width, split_heads
+from .reference_kv import ReferenceKV
+
+IMPLS = ("auto", "fast", "plain")
+
+
+def _use_fast_path(impl: str) -> bool:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    # "auto" is "fast": it measured faster and far smaller than the materialised path on every
+    # benchmarked size (see docs/README_core.md).
+    return impl != "plain"
+
+
+def plain_attention(q, k, v, heads: int) -> torch.Tensor:
+    """Ordinary per-row self-attention softmax(q k^T / sqrt(d)) v, (B, N, C) -> (B, N, C)."""
+    dtype = compute_dtype(q)
+    out = F.scaled_dot_product_attention(
+        split_heads(q, heads, dtype), split_heads(k, heads, dtype), split_heads(v, heads, dtype)
+    )
+    return merge_heads(out).to(q.dtype)
+
+
+def fold_bias_columns(bias: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """(K,) float32 logit bias -> (K, 2) [hi, lo] key columns in dtype with hi + lo = bias/scale
+    to about twice the dtype's precision (one bf16 column alone is off by up to 2^-8 relative:
+    a logit error of ~0.01 at w = 2.5, d = 64)."""
+    folded = bias.to(torch.float32) / scale
+    high = folded.to(dtype)
+    return torch.stack([high, (folded - high.float()).to(dtype)], dim=1)
+
+
+def _fold_bias_attention(q_h, k_h, v_h, ref_k, ref_v, ref_bias, scale: float):
+    """Joint softmax over own keys (bias 0) and packed reference keys (bias ref_bias).
+
+    q_h: (B, H, Nq, d); k_h, v_h: (B, H, Nk, d); ref_k, ref_v: (H, K, d); ref_bias: (K,) fp32.
+    Returns (B, H, Nq, d) in q_h's dtype.
+    """
+    batch, heads, queries, dim = q_h.shape
+    own, kept = k_h.shape[2], ref_k.shape[1]
+    width = padded_width(dim + 2)
+    dtype = q_h.dtype
+
+    q_ext = q_h.new_zeros(batch, heads, queries, width)
+    q_ext[..., :dim] = q_h
+    q_ext[..., dim : dim + 2] = 1
+    k_ext = q_h.new_zeros(batch, heads, own + kept, width)
+    k_ext[:, :, :own, :dim] = k_h
+    k_ext[:, :, own:, :dim] = ref_k.to(device=q_h.device, dtype=dtype)
+    k_ext[:, :, own:, dim : dim + 2] = fold_bias_columns(ref_bias.to(q_h.device), scale, dtype)
+    v_ext = q_h.new_zeros(batch, heads, own + kept, width)
+    v_ext[:, :, :own, :dim] = v_h
+    v_ext[:, :, own:, :dim] = ref_v.to(device=q_h.device, dtype=dtype)
+    return F.scaled_dot_product_attention(q_ext, k_ext, v_ext, scale=scale)[..., :dim]
+
+
+def _materialised_attention(q_h, k_h, v_h, ref_k, ref_v, ref_bias, scale: float):
+    """Reference-code joint attention with dense logits (oracle; float32 internally).
+
+    q_h: (B, H, Nq, d); k_h, v_h: (B, H, Nk, d); ref_k, ref_v: (H, M, d) all reference keys;
+    ref_bias: (M,) with w_i inside masks and float32 min outside. Returns (B, H, Nq, d) float32.
+    """
+    q_h, k_h, v_h = q_h.float(), k_h.float(), v_h.float()
+    batch = q_h.shape[0]
+    keys = torch.cat([k_h, ref_k.float().expand(batch, -1, -1, -1)], dim=2)
+    values = torch.cat([v_h, ref_v.float().expand(batch, -1, -1, -1)], dim=2)
+    logits = torch.einsum("bhid,bhjd->bhij", q_h, keys) * scale
+    own = k_h.shape[2]
+    logits[..., own:] = logits[..., own:] + ref_bias.float()
+    return torch.einsum("bhij,bhjd->bhid", logits.softmax(dim=-1), values)
+
+
+def _dense_reference_block(refs: ReferenceKV, indices):
+    """All keys/values of the given references in head layout (H, len*M, d) plus their (len*M,)
+    float32 dense bias, in reference order."""
+    keys = torch.cat([split_heads(refs.keys[i : i + 1], refs.heads)[0] for i in indices], dim=1)
+    values = torch.cat([split_heads(refs.values[i : i + 1], refs.heads)[0] for i in indices], dim=1)
+    bias = torch.cat([refs.dense_bias(i, torch.float32) for i in indices])
+    return keys, values, bias
+
+
+def _check_refs(q, refs: ReferenceKV, heads: int):
+    if refs.heads != heads or refs.keys.shape[-1] != q.shape[-1]:
+        raise ValueError(
+            f"references prepared for heads={refs.heads}, C={refs.keys.shape[-1]}; "
+            f"called with heads={heads}, C={q.shape[-1]}"
+        )
+
+
+def rsa_attention(q, k, v, refs: ReferenceKV, heads: int, impl: str = "auto") -> torch.Tensor:
+    """Reference-aware self-attention (early steps).
+
+    Every row b of q (B, N, C) is a target row: it attends in ONE softmax to its own k[b], v[b]
+    (B, N, C) and to all references' kept keys with bias w_i. With no kept reference key the
+    result is plain_attention exactly. Returns (B, N, C).
+    """
+    _check_refs(q, refs, heads)
+    fast = _use_fast_path(impl)
+    if refs.total_kept == 0:
+        return plain_attention(q, k, v, heads)
+    dtype = compute_dtype(q)
+    q_h, k_h, v_h = (split_heads(t, heads, dtype) for t in (q, k, v))
+    scale = refs.head_dim ** -0.5
+    if fast:
+        out = _fold_bias_attention(
+            q_h, k_h, v_h, refs.packed_keys, refs.packed_values, refs.packed_bias, scale
+        )
+    else:
+        ref_k, ref_v, bias = _dense_reference_block(refs, range(refs.num_refs))
+        out = _materialised_attention(q_h, k_h, v_h, ref_k, ref_v, bias, scale)
+    return merge_heads(out).to(q.dtype)
+
+
+def concept_owner(regions: torch.Tensor) -> torch.Tensor:
+    """(B, R, N) bool regions -> (B, N) long owner concept, -1 where none. Where regions overlap
+    the later concept wins, as the reference code's overwrite order."""
+    owner = torch.full(regions[:, 0].shape, -1, dtype=torch.long, device=regions.device)
+    for index in range(regions.shape[1]):
+        owner = torch.where(regions[:, index], index, owner)
+    return owner
+
+
+def rba_attention(q, k, v, refs: ReferenceKV, regions, heads: int, impl: str = "auto") -> torch.Tensor:
+    """Region-grouped blend attention (late steps).
+
+    q, k, v: (B, N, C) target rows; regions: (B, R, N) bool, concept i's pixels at this layer.
+    Pixels owned by concept i (see concept_owner) attend to their own keys plus reference i's
+    keys only (same bias rule); all other pixels get plain self-attention. When no pixel blends
+    (no region, or no kept key in the owning references) the result is plain_attention exactly.
+    Returns (B, N, C).
+    """
+    _check_refs(q, refs, heads)
+    fast = _use_fast_path(impl)
+    batch, tokens, _ = q.shape
+    if tuple(regions.shape) != (batch, refs.num_refs, tokens):
+        raise ValueError(f"regions must be {(batch, refs.num_refs, tokens)}, got {tuple(regions.shape)}")
+    owner = concept_owner(regions.to(device=q.device, dtype=torch.bool))
+    for index in range(refs.num_refs):
+        # A reference with no kept key adds only exp(-inf) terms: its pixels stay plain.
+        if refs.num_kept(index) == 0:
+            owner[owner == index] = -1
+    if not bool((owner >= 0).any()):
+        return plain_attention(q, k, v, heads)
+
+    dtype = compute_dtype(q)
+    scale = refs.head_dim ** -0.5
+    out = torch.empty_like(q)
+    # Each pixel is computed once, in its group: plain pixels (-1) over own keys only.
+    for row in range(batch):
+        k_h = split_heads(k[row : row + 1], heads, dtype)
+        v_h = split_heads(v[row : row + 1], heads, dtype)
+        for index in range(-1, refs.num_refs):
+            pixels = torch.nonzero(owner[row] == index).squeeze(1)
+            if pixels.numel() == 0:
+                continue
+            q_h = split_heads(q[row : row + 1, pixels], heads, dtype)
+            if index < 0:
+                result = F.scaled_dot_product_attention(q_h, k_h, v_h)
+            elif fast:
+                span = refs.kept_slice(index)
+                result = _fold_bias_attention(
+                    q_h, k_h, v_h, refs.packed_keys[:, span], refs.packed_values[:, span],
+                    refs.packed_bias[span], scale,
+                )
+            else:
+                ref_k, ref_v, bias = _dense_reference_block(refs, [index])
+                result = _materialised_attention(q_h, k_h, v_h, ref_k, ref_v, bias, scale)
+            out[row, pixels] = merge_heads(result)[0].to(q.dtype)
+    return out

@@ -1,0 +1,51 @@
+"""Concept masks: the reference code's loading rule and resizing to attention-layer grids."""
+import torch
+import torch.nn.functional as F
+
+from .constants import REFERENCE_MASK_ON_VALUE, REFERENCE_MASK_SIZE
+
+MASK_MODES = ("nearest", "area")
+
+
+def nearest_indices(source: int, target: int, device=None) -> torch.Tensor:
+    """Source index floor(i * source / target) for each target index i (integer arithmetic, so
+    it never drifts from the formula the reference's power-of-two resizes follow)."""
+    return torch.arange(target, device=device) * source // target
+
+
+def resize_nearest(grid: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Nearest resize of the last two axes (..., Hs, Ws) -> (..., height, width)."""
+    rows = nearest_indices(grid.shape[-2], height, grid.device)
+    cols = nearest_indices(grid.shape[-1], width, grid.device)
+    return grid[..., rows, :][..., cols]
+
+
+def reference_mode_mask(mask_uint8: torch.Tensor) -> torch.Tensor:
+    """(H0, W0) 8-bit mask (values 0..255, any dtype) -> (128, 128) bool, as the reference loads
+    masks: nearest resize to 128x128 (aspect ratio squashed), then `(m / 255).to(uint8)`, which
+    keeps only pixels equal to 255 (anti-aliased JPEG edges at 254 and below are dropped)."""
+    if mask_uint8.dim() != 2:
+        raise ValueError(f"expected an (H0, W0) mask, got shape {tuple(mask_uint8.shape)}")
+    resized = resize_nearest(mask_uint8, REFERENCE_MASK_SIZE, REFERENCE_MASK_SIZE)
+    return resized.to(torch.float32) >= REFERENCE_MASK_ON_VALUE
+
+
+def mask_to_layer(masks: torch.Tensor, h: int, w: int, mode: str = "nearest", threshold: float = 0.5) -> torch.Tensor:
+    """(R, Hm, Wm) float/bool masks -> (R, h*w) bool, row-major (y*w + x).
+
+    "nearest": the reference rule, pixel (y, x) samples source (floor(y*Hm/h), floor(x*Wm/w));
+        float values count when >= threshold (a {0,1} mask is unaffected by the threshold).
+    "area": each layer cell averages the source pixels it covers (adaptive average pooling) and
+        counts when the covered fraction is >= threshold. Better for soft or thin masks, whose
+        nearest samples can miss the concept entirely at 32x32; not the reference behaviour.
+    """
+    if mode not in MASK_MODES:
+        raise ValueError(f"mode must be one of {MASK_MODES}, got {mode!r}")
+    if masks.dim() != 3:
+        raise ValueError(f"expected (R, Hm, Wm) masks, got shape {tuple(masks.shape)}")
+    values = masks.to(torch.float32)
+    if mode == "nearest":
+        layer = resize_nearest(values, h, w)
+    else:
+        layer = F.adaptive_avg_pool2d(values[:, None], (h, w))[:, 0]
+    return (layer >= threshold).reshape(masks.shape[0], h * w)

@@ -1,0 +1,115 @@
+"""Per-step segmentation of the target into token / concept regions (reference `get_mask`).
+
+Generalised from the reference: any set of layer resolutions, non-square output grids, prompts
+of any token count, and concepts that own several tokens.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .constants import CA_SCALE_FOREGROUND_THRESHOLD, NORM_EPS, START_TOKEN
+from .smoothing import gaussian_blur
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """Segmentation of one target image on an (H, W) grid.
+
+    token_scores: (T, H, W) float32 layer-averaged normalised token maps of the cond row, with
+        non-concept tokens multiplied by ca_scale (the reference's `new_ca`).
+    token_regions: (T, H, W) bool, pixels where the token has the top score (ties: all tied
+        tokens), ANDed with `fore` when ca_scale < 0.9 (the reference's `ca_mask`).
+    fore_scores: (2, H, W) float32 [start token, sum of the other tokens] of the uncond row, or
+        None without an uncond row.
+    fore: (H, W) bool foreground: the start token does not win (all True without uncond row).
+    concept_regions: (R, H, W) bool, disjoint: where several concepts claim a pixel the later one
+        keeps it (the reference's RBA overwrite order).
+    labels: (H, W) long, concept index per pixel, -1 for background / no concept.
+    """
+
+    token_scores: torch.Tensor
+    token_regions: torch.Tensor
+    fore_scores: torch.Tensor | None
+    fore: torch.Tensor
+    concept_regions: torch.Tensor
+    labels: torch.Tensor
+
+
+def _layer_grids(maps: torch.Tensor, hw, out_hw) -> torch.Tensor:
+    """(rows, h*w, T) propagated maps -> (rows, T, H, W) resized (bilinear, as the reference's
+    upsampling to 32x32) and Gaussian-blurred, float32."""
+    rows, tokens_hw, tokens = maps.shape
+    h, w = hw
+    if tokens_hw != h * w:
+        raise ValueError(f"maps have {tokens_hw} positions, layer grid {h}x{w} has {h * w}")
+    grid = maps.to(torch.float32).transpose(1, 2).reshape(rows, tokens, h, w)
+    if (h, w) != tuple(out_hw):
+        grid = F.interpolate(grid, size=tuple(out_hw), mode="bilinear", align_corners=False)
+    return gaussian_blur(grid)
+
+
+def segment(layer_maps, out_hw, concept_tokens, ca_scale: float, num_tokens_used: int | None = None) -> Segmentation:
+    """Segment the target from propagated attention maps of several layers.
+
+    layer_maps: list of (maps, (h, w)); maps (2, h*w, T) with row 0 = uncond target and row
+        1 = cond target, or (1, h*w, T) = cond target only (no uncond branch: everything is
+        foreground). Maps are smooth_propagate outputs.
+    out_hw: (H, W) output grid; the reference uses half the latent size (32x32 at 64x64).
+    concept_tokens: per concept, its token positions (a multi-token word or phrase). All of
+        them are exempt from ca_scale; the concept wins a pixel when any of its tokens has the
+        top score there, i.e. when its best token wins.
+    ca_scale: multiplier of non-concept token scores; below 0.9 (strict Python-float test) token
+        regions are restricted to the foreground.
+    num_tokens_used: tokens [0, num_tokens_used) take part in the argmax and the foreground sum
+        (e.g. to ignore padding); None = all T tokens, as the reference.
+    """
+    if not layer_maps:
+        raise ValueError("segment needs at least one layer")
+    token_sum = fore_sum = None
+    rows = layer_maps[0][0].shape[0]
+    for maps, hw in layer_maps:
+        if maps.shape[0] != rows or rows not in (1, 2):
+            raise ValueError("every layer needs the same 1 (cond) or 2 (uncond, cond) rows")
+        tokens = maps.shape[-1]
+        used = tokens if num_tokens_used is None else num_tokens_used
+        grid = _layer_grids(maps, hw, out_hw)
+        cond = grid[-1]
+        cond = cond / (cond.mean(dim=(-2, -1), keepdim=True) + NORM_EPS)
+        token_sum = cond if token_sum is None else token_sum + cond
+        if rows == 2:
+            uncond = grid[0]
+            fore = torch.stack([uncond[START_TOKEN], uncond[START_TOKEN + 1 : used].sum(dim=0)])
+            # No epsilon here, as the reference; the clamp only guards all-zero maps.
+            fore = fore / fore.mean(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+            fore_sum = fore if fore_sum is None else fore_sum + fore
+    count = len(layer_maps)
+    token_scores = token_sum / count
+    tokens = token_scores.shape[0]
+    used = tokens if num_tokens_used is None else num_tokens_used
+    if not 0 < used <= tokens:
+        raise ValueError(f"num_tokens_used must be in 1..{tokens}, got {num_tokens_used}")
+    concept_set = sorted({t for group in concept_tokens for t in group})
+    if any(not 0 <= t < used for t in concept_set):
+        raise ValueError(f"concept tokens {concept_set} outside 0..{used - 1}")
+    is_concept = torch.zeros(tokens, dtype=torch.bool, device=token_scores.device)
+    is_concept[concept_set] = True
+    token_scores[~is_concept] = token_scores[~is_concept] * ca_scale
+
+    top = token_scores[:used].max(dim=0).values
+    token_regions = torch.zeros_like(token_scores, dtype=torch.bool)
+    token_regions[:used] = token_scores[:used] == top
+    if fore_sum is None:
+        fore_scores = None
+        fore = torch.ones_like(top, dtype=torch.bool)
+    else:
+        fore_scores = fore_sum / count
+        fore = fore_scores[0] != fore_scores.max(dim=0).values
+    if float(ca_scale) < CA_SCALE_FOREGROUND_THRESHOLD:
+        token_regions &= fore
+
+    labels = torch.full(top.shape, -1, dtype=torch.long, device=top.device)
+    for index, group in enumerate(concept_tokens):
+        labels[token_regions[list(group)].any(dim=0)] = index
+    concept_regions = labels[None] == torch.arange(len(concept_tokens), device=top.device)[:, None, None]
+    return Segmentation(token_scores, token_regions, fore_scores, fore, concept_regions, labels)

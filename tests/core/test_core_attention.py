@@ -1,0 +1,176 @@
+"""RSA / RBA: fast path == materialised reference path, exact plain fallbacks, half precision."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import magicface_attn as mf
+
+PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples=30)
+
+
+def random_masks(draw, refs, h, w):
+    """(R, h*w) bool masks: empty, full, one pixel or random per reference."""
+    masks = []
+    for _ in range(refs):
+        kind = draw(st.sampled_from(["empty", "full", "pixel", "random"]))
+        mask = torch.zeros(h * w, dtype=torch.bool)
+        if kind == "full":
+            mask[:] = True
+        elif kind == "pixel":
+            mask[draw(st.integers(0, h * w - 1))] = True
+        elif kind == "random":
+            mask = torch.rand(h * w, generator=torch.Generator().manual_seed(draw(st.integers(0, 9999)))) < 0.4
+        masks.append(mask)
+    return torch.stack(masks)
+
+
+@st.composite
+def attention_case(draw):
+    refs = draw(st.integers(1, 6))
+    h, w = draw(st.integers(1, 7)), draw(st.integers(2, 9))
+    heads, dim = draw(st.sampled_from([(1, 4), (2, 5), (3, 8), (2, 16)]))
+    batch = draw(st.integers(1, 2))
+    weights = draw(st.lists(st.sampled_from([0.0, 0.5, 1.2, 2.54, 5.0]), min_size=refs, max_size=refs))
+    masks = random_masks(draw, refs, h, w)
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 9999)))
+    channels, tokens = heads * dim, h * w
+    q, k, v = (torch.randn(batch, tokens, channels, generator=gen) for _ in range(3))
+    ref_k, ref_v = (torch.randn(refs, tokens, channels, generator=gen) for _ in range(2))
+    regions = torch.rand(batch, refs, tokens, generator=gen) < 0.5
+    return q, k, v, mf.make_reference_kv(ref_k, ref_v, masks, weights, heads), regions, heads
+
+
+@PROPERTY
+@given(attention_case())
+def test_rsa_fast_matches_materialised(case):
+    q, k, v, refs, _, heads = case
+    fast = mf.rsa_attention(q, k, v, refs, heads, impl="fast")
+    plain = mf.rsa_attention(q, k, v, refs, heads, impl="plain")
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+
+
+@PROPERTY
+@given(attention_case())
+def test_rba_fast_matches_materialised(case):
+    q, k, v, refs, regions, heads = case
+    fast = mf.rba_attention(q, k, v, refs, regions, heads, impl="fast")
+    plain = mf.rba_attention(q, k, v, refs, regions, heads, impl="plain")
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+
+
+@PROPERTY
+@given(attention_case(), st.sampled_from(["fast", "plain", "auto"]))
+def test_empty_reference_masks_give_plain_attention_exactly(case, impl):
+    q, k, v, refs, regions, heads = case
+    empty = mf.make_reference_kv(refs.keys, refs.values, torch.zeros_like(refs.key_mask), refs.weights, heads)
+    plain = mf.plain_attention(q, k, v, heads)
+    assert torch.equal(mf.rsa_attention(q, k, v, empty, heads, impl=impl), plain)
+    assert torch.equal(mf.rba_attention(q, k, v, empty, regions, heads, impl=impl), plain)
+
+
+def test_plain_attention_is_softmax_attention():
+    q, k, v = (torch.randn(2, 12, 6) for _ in range(3))
+    logits = torch.einsum("bihd,bjhd->bhij", q.view(2, 12, 3, 2), k.view(2, 12, 3, 2)) * 2 ** -0.5
+    expected = torch.einsum("bhij,bjhd->bihd", logits.softmax(-1), v.view(2, 12, 3, 2)).reshape(2, 12, 6)
+    torch.testing.assert_close(mf.plain_attention(q, k, v, 3), expected)
+
+
+def test_weight_zero_removes_reference():
+    q, k, v = (torch.randn(1, 16, 8) for _ in range(3))
+    ref_k, ref_v = torch.randn(2, 16, 8), torch.randn(2, 16, 8)
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    both = mf.make_reference_kv(ref_k, ref_v, mask, [0.0, 2.0], heads=2)
+    only_second = mf.make_reference_kv(ref_k[1:], ref_v[1:], mask[1:], [2.0], heads=2)
+    assert both.num_kept(0) == 0 and both.total_kept == 16
+    torch.testing.assert_close(mf.rsa_attention(q, k, v, both, 2), mf.rsa_attention(q, k, v, only_second, 2))
+
+
+def test_weight_is_an_additive_logit_bias():
+    """One reference key with bias w gets e^w times the attention of an identical own key."""
+    q = torch.randn(1, 1, 4)
+    k, v = torch.randn(1, 1, 4), torch.tensor([[[1.0, 0, 0, 0]]])
+    refs = mf.make_reference_kv(k[:, :1], torch.tensor([[[0.0, 1, 0, 0]]]), torch.ones(1, 1, dtype=torch.bool), [1.5], 1)
+    out = mf.rsa_attention(q, k, v, refs, 1)[0, 0]
+    torch.testing.assert_close(out[1] / out[0], torch.tensor(1.5).exp())
+
+
+def test_rba_later_concept_wins_and_others_stay_plain():
+    q, k, v = (torch.randn(1, 9, 4) for _ in range(3))
+    refs = mf.make_reference_kv(torch.randn(2, 9, 4), torch.randn(2, 9, 4), torch.ones(2, 9, dtype=torch.bool), [2.0, 3.0], 1)
+    regions = torch.zeros(1, 2, 9, dtype=torch.bool)
+    regions[0, 0, :4] = True
+    regions[0, 1, 2:6] = True
+    out = mf.rba_attention(q, k, v, refs, regions, 1)
+    alone = [mf.rsa_attention(q, k, v, mf.make_reference_kv(refs.keys[i : i + 1], refs.values[i : i + 1],
+             refs.key_mask[i : i + 1], refs.weights[i : i + 1], 1), 1) for i in range(2)]
+    plain = mf.plain_attention(q, k, v, 1)
+    torch.testing.assert_close(out[0, :2], alone[0][0, :2])
+    torch.testing.assert_close(out[0, 2:6], alone[1][0, 2:6])
+    torch.testing.assert_close(out[0, 6:], plain[0, 6:])
+    assert mf.concept_owner(regions).tolist() == [[0, 0, 1, 1, 1, 1, -1, -1, -1]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mask_kind", ["random", "query_sees_no_reference", "all_empty"])
+def test_half_precision_is_finite_and_close_to_float32(dtype, mask_kind):
+    """Half results stay within 2e-3 (relative to output scale) of the float32 result computed
+    from the same half-representable inputs and rounded to the same dtype."""
+    heads, dim, tokens, refs = 5, 64, 256, 3
+    q, k, v = (torch.randn(2, tokens, heads * dim).to(dtype) for _ in range(3))
+    ref_k, ref_v = (torch.randn(refs, tokens, heads * dim).to(dtype) for _ in range(2))
+    masks = torch.rand(refs, tokens) < 0.3
+    if mask_kind == "all_empty":
+        masks[:] = False
+    regions = torch.rand(2, refs, tokens) < 0.5
+    if mask_kind == "query_sees_no_reference":
+        masks[0] = False  # concept 0's pixels find none of their reference's keys
+        regions[:, 0] = True
+        regions[:, 1:] = False
+    weights = [5.0, 2.54, 1.2]
+    half_refs = mf.make_reference_kv(ref_k, ref_v, masks, weights, heads)
+    full_refs = mf.make_reference_kv(ref_k.float(), ref_v.float(), masks, weights, heads)
+    for run in (
+        lambda r, *t: mf.rsa_attention(*t, r, heads),
+        lambda r, *t: mf.rba_attention(*t, r, regions, heads),
+    ):
+        out = run(half_refs, q, k, v)
+        expected = run(full_refs, q.float(), k.float(), v.float()).to(dtype).float()
+        assert out.dtype == dtype and torch.isfinite(out).all()
+        assert (out.float() - expected).abs().max() <= 2e-3 * expected.abs().max()
+
+
+def test_rejects_bad_arguments():
+    q = torch.randn(1, 4, 8)
+    refs = mf.make_reference_kv(torch.randn(1, 4, 8), torch.randn(1, 4, 8), torch.ones(1, 4, dtype=torch.bool), [1.0], 2)
+    with pytest.raises(ValueError):
+        mf.rsa_attention(q, q, q, refs, 2, impl="flash")
+    with pytest.raises(ValueError):
+        mf.rsa_attention(q, q, q, refs, 4)
+    with pytest.raises(ValueError):
+        mf.make_reference_kv(torch.randn(1, 4, 8), torch.randn(1, 4, 8), torch.ones(1, 4, dtype=torch.bool), [1.0, 2.0], 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_folded_bias_columns_keep_float32_precision(dtype):
+    bias = torch.tensor([0.3, 1.2, 2.54, 4.99, -3.7])
+    columns = mf.attention.fold_bias_columns(bias, 0.125, dtype)
+    assert columns.dtype == dtype
+    torch.testing.assert_close(columns.double().sum(dim=1) * 0.125, bias.double(), rtol=2e-5, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_half_attention_applies_the_bias(dtype):
+    """With q.k = 0 everywhere the reference share of attention is e^w K / (N + K e^w); run the
+    fused kernel natively in the half dtype (the CPU API path would upcast)."""
+    heads, dim, own, kept, weight = 1, 64, 32, 8, 2.54
+    q = torch.randn(1, heads, 1, dim, dtype=dtype)
+    zeros = torch.zeros(1, heads, own, dim, dtype=dtype)
+    ref_values = torch.ones(heads, kept, dim, dtype=dtype)
+    out = mf.attention._fold_bias_attention(
+        q, zeros, zeros, torch.zeros(heads, kept, dim, dtype=dtype), ref_values,
+        torch.full((kept,), weight), dim ** -0.5,
+    )
+    share = torch.tensor(weight, dtype=torch.float64).exp()
+    expected = (kept * share / (own + kept * share)).to(dtype).double()
+    assert (out.double() - expected).abs().max() <= 2e-3 * expected
