@@ -139,6 +139,9 @@ class ModelCallHook(_SharedOnCopy):
             out = self._forward(apply_model, {**args, "c": {**c, "transformer_options": options}})
             run.finish_segmentation(call)
             return out
+        except BaseException:
+            self.patch.end_run()  # a failed or interrupted call frees every reference tensor now
+            raise
         finally:
             call.release()
 

@@ -46,6 +46,9 @@ class MagicFaceStageScheduler:
         if not start_at <= switch_at <= end_at:
             raise MagicFaceInputError(NODE, "switch_at", f"need start_at <= switch_at <= end_at, got "
                                       f"{start_at}, {switch_at}, {end_at}.", "order the three fractions.")
+        if start_at >= end_at:
+            raise MagicFaceInputError(NODE, "end_at", f"start_at {start_at} >= end_at {end_at}: MagicFace would "
+                                      "never act.", "set end_at above start_at (defaults: 0.0 and 1.0).")
         if layers == keys.LAYER_PRESET_CUSTOM:
             parse_custom_layers(custom_layers)  # fail here, not at sampling time
         return (StageSchedule(switch_at=switch_at, start_at=start_at, end_at=end_at, layers=layers,
