@@ -74,11 +74,32 @@ class SelfAttentionHook(_SharedOnCopy):
         if self.previous is not None:  # another node's patch sees the whole batch, as it expects
             return self.previous(q, k, v, extra)
         out = torch.empty_like(q)
-        others = torch.ones(q.shape[0], dtype=torch.bool, device=q.device)
-        others[rows] = False
-        if bool(others.any()):
-            out[others] = host_attention(q[others], k[others], v[others], heads, extra)
+        for start, stop in _plain_spans(extra.get("cond_or_uncond"), q.shape[0], rows):
+            out[start:stop] = host_attention(q[start:stop], k[start:stop], v[start:stop], heads, extra)
         return out
+
+
+def _plain_spans(cond_or_uncond, batch, rows):
+    """Contiguous (start, stop) row spans that are not the target's cond branch.
+
+    Read from the host's cond_or_uncond list, so no device mask (and no host sync) is needed;
+    without that list the spans come from the cond row indices.
+    """
+    if cond_or_uncond:
+        chunk = batch // len(cond_or_uncond)
+        plain = [flag != keys.COND_FLAG for flag in cond_or_uncond for _ in range(chunk)]
+    else:
+        plain = [True] * batch
+        for row in rows.tolist():
+            plain[row] = False
+    spans, start = [], None
+    for row, is_plain in enumerate(plain + [False]):
+        if is_plain and start is None:
+            start = row
+        elif not is_plain and start is not None:
+            spans.append((start, row))
+            start = None
+    return spans
 
 
 class CrossAttentionHook(_SharedOnCopy):

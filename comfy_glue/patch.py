@@ -144,6 +144,9 @@ class ModelCallHook(_SharedOnCopy):
             raise
         finally:
             call.release()
+            # Reference features are valid for one noise level only; dropping them after each call
+            # means an interrupt between steps leaves nothing large behind.
+            run.release_references()
 
     @staticmethod
     def _call_context(run, stage, sigma, x, cond_or_uncond, chunk, cond_rows):

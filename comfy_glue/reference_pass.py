@@ -2,7 +2,8 @@
 
 Only the cond branch of the references is computed (the target never reads their uncond
 branch), with plain attention and no ControlNet. Their keys/values at the injection layers
-are captured by the SelfAttentionHooks; the UNet output itself is discarded.
+are captured by the SelfAttentionHooks; the UNet output itself is discarded, so the output
+blocks after the last injection layer are shrunk to one pixel (see OutputBlockCut).
 """
 import torch
 
@@ -19,6 +20,28 @@ def reference_noise(seed: int, sigma: float, shape):
     generator = torch.Generator(device="cpu")
     generator.manual_seed((seed * 1_000_003 + int(round(sigma * _SIGMA_SEED_SCALE))) % (2 ** 63))
     return torch.randn(shape, generator=generator, dtype=torch.float32)
+
+
+class OutputBlockCut:
+    """output_block_patch of the reference pass: nothing after the last output block that holds
+    an injection layer is read, so from the next block on the decoder runs on a 1x1 crop.
+
+    An exception-free early exit: the remaining blocks cost a few tiny ops instead of full
+    convolutions at the finest resolutions (SDXL's 'paper' layers end at output block 5 of 9).
+    """
+
+    def __init__(self, last_needed_block: int):
+        self.last_needed_block = last_needed_block
+
+    def __call__(self, h, skip, transformer_options):
+        if transformer_options.get("block", ("output", 0))[1] > self.last_needed_block:
+            return h[..., :1, :1], skip[..., :1, :1]
+        return h, skip
+
+
+def last_needed_output_block(plan) -> int:
+    """Index of the last output block with an injection layer; -1 when none is in the decoder."""
+    return max((layer.key[1] for layer in plan.injection_layers if layer.key[0] == "output"), default=-1)
 
 
 def _reference_adm(base_model, plan, target_c, latent_hw, device):
@@ -51,6 +74,7 @@ def run_reference_pass(run, hooks, apply_model, target_c, sigma_value: float, de
         "cond_or_uncond": [keys.COND_FLAG],
         "sigmas": sigma,
         "patches_replace": {"attn1": dict(hooks)},
+        "patches": {"output_block_patch": [OutputBlockCut(last_needed_output_block(plan))]},
         keys.CALL_CONTEXT_KEY: call,
     })
     context = plan.reference_context.to(device, target_c["c_crossattn"].dtype)

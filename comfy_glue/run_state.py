@@ -136,9 +136,12 @@ class MagicFaceRun:
             "concept_names": self.plan.concept_names,
         }
 
-    def release(self):
+    def release_references(self):
         self.reference_kv.clear()
+        self.reference_sigma = None
+
+    def release(self):
+        self.release_references()
         self.segmentations.clear()
         self.label_history.clear()
         self._layer_masks.clear()
-        self.reference_sigma = None
