@@ -92,8 +92,8 @@ def recorded_labels(probe, node: str):
     if not history:
         raise MagicFaceInputError(node, "probe", "MagicFace has not recorded a sampling run yet.",
                                   "connect 'images' to the VAE Decode of the KSampler whose model comes from "
-                                  "MagicFace Apply, so this node runs after sampling; check start_at/end_at of "
-                                  "the Stage Scheduler leave MagicFace some steps.")
+                                  "MagicFace Apply, so this node runs after sampling, and check that the Stage "
+                                  "Scheduler's start_at/end_at leave MagicFace some steps.")
     return tuple(report["concept_names"]), history
 
 

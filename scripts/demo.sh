@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Set up the host env (first run only) and run a workflow on the tiny random
+# checkpoint; prints where the output images were written.
+#   bash scripts/demo.sh                    # built-in txt2img graph
+#   bash scripts/demo.sh workflows/api/x.json [--input-dir DIR] [--out DIR]
+#   MAGICFACE_WORKFLOW=workflows/api/x.json bash scripts/demo.sh
+# (the tiny checkpoint is random: images are noise-like, the point is that
+# the graph really runs.)
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${MAGICFACE_VENV:-$(bash "$repo/scripts/setup_host.sh")}
+workflow=${MAGICFACE_WORKFLOW:-}
+if [[ $# -gt 0 && $1 != --* ]]; then
+    workflow=$1
+    shift
+fi
+args=("$@")
+[[ -n $workflow ]] && args=(--workflow "$(realpath "$workflow")" "${args[@]}")
+cd "$repo"
+exec "$venv/bin/python" -P scripts/run_workflow.py "${args[@]}"

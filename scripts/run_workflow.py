@@ -1,0 +1,51 @@
+"""Run an API-format workflow on the tiny random checkpoint, in-process.
+
+Used by scripts/demo.sh.  With no --workflow it runs the built-in txt2img
+graph; a workflow file (e.g. from workflows/api/) may name its checkpoint
+"$CHECKPOINT" (or any ckpt_name) and will get the tiny one.  The pack is
+loaded by ComfyUI from a custom_nodes symlink, exactly as for users.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the harness package, not the pack root
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workflow", type=Path, help="API-format workflow JSON (default: built-in txt2img)")
+    parser.add_argument("--out", type=Path, default=REPO / "demo_output", help="work/output directory")
+    parser.add_argument("--input-dir", type=Path, help="ComfyUI input directory (images for LoadImage)")
+    parser.add_argument("--size", type=int, default=256, help="image size of the built-in graph")
+    parser.add_argument("--steps", type=int, default=4)
+    args = parser.parse_args()
+
+    from harness import InProcessRunner, bootstrap_in_process, load_workflow, txt2img
+    from harness.tiny_models import write_all
+
+    out = args.out.resolve()
+    host = bootstrap_in_process(out / "run", out / "models", args.input_dir)
+    if not host.pack_loaded:
+        print("warning: ComfyUI could not import the pack (see log above)", file=sys.stderr)
+    print(f"ComfyUI host: {host.root}")
+    ckpt = write_all(host.models_dir)["checkpoint"]  # reused on later runs
+    if args.workflow:
+        prompt = load_workflow(args.workflow, ckpt.name)
+    else:
+        prompt = txt2img(ckpt.name, width=args.size, height=args.size, steps=args.steps, prefix="magicface_demo")
+    result = InProcessRunner(host).run(prompt)
+    if not result.ok:
+        print(f"workflow failed: {result.error}\nnode errors: {result.node_errors}", file=sys.stderr)
+        return 1
+    for node_id, ui in sorted(result.outputs.items()):
+        for item in ui.get("images", []):
+            print(f"node {node_id}: wrote {host.output_dir / item.get('subfolder', '') / item['filename']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

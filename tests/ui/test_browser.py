@@ -1,0 +1,205 @@
+"""The pack in a real browser: headless Debian Chromium (driven by Playwright) against a real
+ComfyUI server with this pack. Every example workflow loads with no missing node and no console
+error, MagicFace Apply marks the concept words as the prompt is edited, and a queued workflow
+shows its preview images. Screenshots go to $MAGICFACE_ARTIFACTS (default tests/ui/artifacts).
+
+Install: scripts/setup_browser.sh <venv> (apt chromium + the playwright package; no browser download).
+The host under test is the harness's (COMFYUI_PATH picks the 2025 host and its front end).
+"""
+import json
+import os
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ui_support import WORKFLOW_NAMES, js_palette, stage_inputs, ui_workflow
+
+CHROMIUM = Path(os.environ.get("MAGICFACE_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = Path(os.environ.get("MAGICFACE_ARTIFACTS", Path(__file__).parent / "artifacts"))
+VIEWPORT = {"width": 1920, "height": 1080}
+THREE_CONCEPTS = "magicface_three_concepts"
+REFRESH_WAIT_MS = 900  # the extension re-reads prompts every 400 ms
+
+pytestmark = pytest.mark.server
+if not CHROMIUM.is_file():
+    pytest.skip(f"no Chromium at {CHROMIUM}: run scripts/setup_browser.sh <venv> (apt-get install chromium)",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="run scripts/setup_browser.sh <venv> (pip playwright)")
+
+
+def host_tag(server) -> str:
+    return "legacy" if not (Path(server.root) / "comfy_execution").is_dir() else "current"
+
+
+def page_error(message) -> bool:
+    """A console error of the page. Not counted: Chromium's own favicon request (the legacy host
+    has none) and 404s for user files (user.css, saved subgraphs...) a fresh user dir lacks."""
+    if message.type != "error":
+        return False
+    path = urllib.parse.urlparse(message.location.get("url", "")).path
+    return not (path.endswith(("/favicon.ico", "/user.css")) or path.startswith(("/userdata", "/api/userdata")))
+
+
+def post(server, path, value) -> None:
+    request = urllib.request.Request(f"{server.url}{path}", data=json.dumps(value).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        urllib.request.urlopen(request, timeout=10).close()
+    except OSError:
+        pass  # a host without this endpoint has nothing to prepare there
+
+
+def prepare_fresh_user(server) -> None:
+    """Make the user dir look like a settled user of the current front end: no first-run tour, no
+    release-notes check (the tests run offline), and the canvas navigation settings stored (on an
+    unsettled user dir, front end 1.27 throws while migrating them)."""
+    settings = {"Comfy.TutorialCompleted": True, "Comfy.Notification.ShowVersionUpdates": False,
+                "Comfy.Canvas.NavigationMode": "legacy", "Comfy.Canvas.LeftMouseClickBehavior": "panning",
+                "Comfy.Canvas.MouseWheelScroll": "zoom"}
+    for key, value in settings.items():
+        post(server, f"/settings/{key}", value)
+
+
+@pytest.fixture(scope="module")
+def page(comfy_server, examples_dir):
+    stage_inputs(comfy_server.work_dir / "input", examples_dir)
+    prepare_fresh_user(comfy_server)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True)
+        tab = browser.new_page(viewport=VIEWPORT)
+        tab.console_errors = []
+        tab.on("console", lambda m: page_error(m) and tab.console_errors.append(f"{m.text} ({m.location})"))
+        tab.on("pageerror", lambda e: tab.console_errors.append(f"page error: {e.stack}"))
+        tab.goto(comfy_server.url, wait_until="networkidle", timeout=120_000)
+        tab.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=120_000)
+        tab.wait_for_timeout(1500)
+        tab.tag = host_tag(comfy_server)
+        yield tab
+        browser.close()
+
+
+def load(page, name):
+    """Load a UI workflow; returns the node types the front end does not know."""
+    missing = page.evaluate("""async (graph) => {
+        await app.loadGraphData(graph);
+        return app.graph._nodes.filter((n) => !LiteGraph.registered_node_types[n.type]).map((n) => n.type);
+    }""", ui_workflow(name))
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(REFRESH_WAIT_MS)
+    return missing
+
+
+FIT_VIEW = """() => {
+    const nodes = app.graph._nodes, ds = app.canvas.ds, margin = 30, title = 30;
+    const left = Math.min(...nodes.map((n) => n.pos[0])) - margin;
+    const top = Math.min(...nodes.map((n) => n.pos[1])) - title - margin;
+    const right = Math.max(...nodes.map((n) => n.pos[0] + n.size[0])) + margin;
+    const bottom = Math.max(...nodes.map((n) => n.pos[1] + n.size[1])) + margin;
+    const width = app.canvas.canvas.clientWidth, height = app.canvas.canvas.clientHeight;
+    ds.scale = Math.min(1, width / (right - left), height / (bottom - top));
+    ds.offset[0] = width / ds.scale / 2 - (left + right) / 2;
+    ds.offset[1] = height / ds.scale / 2 - (top + bottom) / 2;
+    app.canvas.setDirty(true, true);
+}"""
+
+
+def shoot(page, name):
+    """Screenshot of the whole graph (the legacy front end does not restore a workflow's view)."""
+    page.evaluate(FIT_VIEW)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / f"{page.tag}_{name}.png"))
+
+
+def apply_state(page):
+    return page.evaluate("() => app.graph._nodes.find((n) => n.magicfaceState).magicfaceState()")
+
+
+def word_view(page):
+    return page.evaluate("() => app.graph._nodes.find((n) => n.magicfaceView).magicfaceView.element.innerText")
+
+
+def test_no_console_errors_on_start(page):
+    assert page.console_errors == [], page.console_errors
+
+
+@pytest.mark.parametrize("name", WORKFLOW_NAMES)
+def test_example_workflow_loads(page, name):
+    page.console_errors.clear()
+    assert load(page, name) == [], f"{name}: node types unknown to the front end"
+    saved = page.evaluate("() => app.graph.serialize().nodes.map((n) => [n.id, n.widgets_values ?? []])")
+    expected = {node["id"]: node["widgets_values"] for node in ui_workflow(name)["nodes"]}
+    for node_id, values in saved:  # the front end reads every widget value where the file put it
+        assert values[:len(expected[node_id])] == expected[node_id], f"{name} node {node_id}"
+    shoot(page, name)
+    assert page.console_errors == [], f"{name}: {page.console_errors}"
+
+
+def edit_prompt(page, text):
+    """Type into MagicFace Apply's prompt box like a user (the textarea), not through the API."""
+    box = page.evaluate_handle("""() => {
+        const widget = app.graph._nodes.find((n) => n.magicfaceView).widgets.find((w) => w.name === "prompt");
+        return widget.inputEl ?? widget.element;
+    }""")
+    box.as_element().fill(text)
+    page.wait_for_timeout(REFRESH_WAIT_MS)
+
+
+def test_concept_words_are_marked_as_the_prompt_is_edited(page):
+    page.console_errors.clear()
+    load(page, THREE_CONCEPTS)
+    palette, _ = js_palette()
+    state = apply_state(page)
+    marked = {w["text"]: w["colour"] for w in state["words"] if w["concept"] >= 0}
+    assert marked == {"man": palette[0], "hat": palette[1], "sunglasses": palette[2]}
+    assert state["missing"] == []
+
+    edit_prompt(page, "a man with a cap wearing a sunglasses")
+    assert "'hat' is not in the prompt" in word_view(page)
+    assert [m["words"] for m in apply_state(page)["missing"]] == ["hat"]
+    shoot(page, "concept_word_missing")
+
+    page.evaluate("""() => {
+        const hat = app.graph._nodes.find((n) => n.type === "MagicFaceConceptLoader"
+            && n.widgets.find((w) => w.name === "words").value === "hat");
+        hat.widgets.find((w) => w.name === "words").value = "cap";
+    }""")
+    page.wait_for_timeout(REFRESH_WAIT_MS)
+    state = apply_state(page)
+    assert state["missing"] == [] and "not in the prompt" not in word_view(page)
+    assert {w["text"]: w["colour"] for w in state["words"] if w["concept"] >= 0}["cap"] == palette[1]
+    shoot(page, "concept_word_fixed")
+    assert page.console_errors == [], page.console_errors
+
+
+def test_queued_workflow_shows_preview_images(page, comfy_server, tiny_sd15_ckpt):
+    page.console_errors.clear()
+    load(page, "magicface_one_face")
+    previews = page.evaluate("""(ckpt) => {
+        const set = (type, name, value) => app.graph._nodes.filter((n) => n.type === type)
+            .forEach((n) => { n.widgets.find((w) => w.name === name).value = value; });
+        set("CheckpointLoaderSimple", "ckpt_name", ckpt);   // the tiny CPU model, small and fast
+        set("EmptyLatentImage", "width", 128);
+        set("EmptyLatentImage", "height", 128);
+        set("KSampler", "steps", 2);
+        set("MagicFaceApply", "reference_size", 128);
+        return app.graph._nodes.filter((n) => n.type === "PreviewImage").map((n) => n.id);
+    }""", tiny_sd15_ckpt.name)
+    page.evaluate("() => app.queuePrompt(0, 1)")
+    deadline = time.monotonic() + 400
+    shown = []
+    while time.monotonic() < deadline and len(shown) < len(previews):
+        page.wait_for_timeout(2000)
+        shown = page.evaluate("""(ids) => ids.filter((id) => {
+            const node = app.graph.getNodeById(id);
+            return (node.imgs?.length ?? 0) > 0 || (app.nodeOutputs?.[id]?.images?.length ?? 0) > 0;
+        })""", previews)
+    page.wait_for_timeout(1500)
+    shoot(page, "queued_one_face")
+    assert sorted(shown) == sorted(previews), f"previews shown: {shown} of {previews}\n{comfy_server.log_tail()}"
+    assert page.console_errors == [], page.console_errors
