@@ -8,6 +8,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${MAGICFACE_VENV:-$(bash "$repo/scripts/setup_host.sh")}
 cd "$repo"
+# The browser tests drive Debian's Chromium through Playwright (no browser download).
+bash "$repo/scripts/setup_browser.sh" "$venv" >&2
 
 # -P: never put the cwd (the pack root) on sys.path; its nodes/ package would
 # shadow ComfyUI's nodes.py.  Config: tests/pytest.ini.
