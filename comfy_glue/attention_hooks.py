@@ -10,7 +10,8 @@ from . import keys
 from .concepts import _SharedOnCopy
 from .host import host_attention
 from .layers import layer_hw
-from ..magicface_attn import head_mean_cross_probs, rba_attention, rsa_attention, smooth_propagate
+from .run_state import AttentionRecord
+from ..magicface_attn import concept_owner, head_mean_cross_probs, rba_attention, rsa_attention, smooth_propagate
 
 
 def _grid_nearest(mask, hw):
@@ -25,8 +26,9 @@ def _grid_nearest(mask, hw):
 class SelfAttentionHook(_SharedOnCopy):
     """attn1 replace: RSA/RBA on injection layers, query/key capture on segmentation layers."""
 
-    def __init__(self, layer, inject: bool, collect: bool, previous=None):
+    def __init__(self, layer, inject: bool, collect: bool, record: bool = False, previous=None):
         self.layer, self.inject, self.collect, self.previous = layer, inject, collect, previous
+        self.record = record  # keep this layer's last query/keys for the attention-map preview
 
     def _plain(self, q, k, v, extra):
         if self.previous is not None:
@@ -65,6 +67,11 @@ class SelfAttentionHook(_SharedOnCopy):
             if not bool(regions.any()):
                 return None
             injected = rba_attention(q[rows], k[rows], v[rows], refs, regions, heads)
+        if self.record:
+            owner = concept_owner(regions[:1])[0] if call.stage == keys.STAGE_RBA else None
+            call.run.attention_record = AttentionRecord(
+                layer=self.layer, stage=call.stage, query=q[rows[0]], own_keys=k[rows[0]], refs=refs,
+                heads=heads, hw=layer_hw(call.latent_hw, self.layer.factor), owner=owner)
         out = self._rest_plain(q, k, v, extra, rows, heads)
         out[rows] = injected.to(out.dtype)
         call.run.calls[(call.stage, self.layer.name)] += 1

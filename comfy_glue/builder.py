@@ -49,8 +49,11 @@ def _square(image_hwc, size, mode):
     return resized[0].movedim(0, -1).clamp(0, 1)
 
 
-def _reference_latents(model_patcher, vae, concepts, size):
-    images = torch.stack([_square(c.image, size, "area") for c in concepts])
+def _reference_images(concepts, size):
+    return torch.stack([_square(c.image, size, "area") for c in concepts])
+
+
+def _reference_latents(model_patcher, vae, images):
     with torch.no_grad():
         latents = vae.encode(images[..., :3])
     return model_patcher.model.process_latent_in(latents.float()).cpu()
@@ -125,9 +128,10 @@ def apply_magicface(model, clip, vae, concepts, prompt, schedule, seed=0, refere
     sampling = model_sampling_of(model)
     sigma_of = lambda fraction: float(sampling.percent_to_sigma(float(fraction)))
     context, ref_pooled = _reference_context(clip, concepts)
+    images = _reference_images(concepts, size)
     plan = MagicFacePlan(
         injection_layers=tuple(injection), segmentation_layers=tuple(segmentation),
-        reference_latents=_reference_latents(model, vae, concepts, size),
+        reference_latents=_reference_latents(model, vae, images), reference_images=images,
         reference_masks=_reference_masks(concepts, size, schedule.mask_mode), mask_mode=schedule.mask_mode,
         weights=tuple(float(c.weight) for c in concepts), reference_context=context, reference_pooled=ref_pooled,
         concept_tokens=tuple(tuple(t) for t in concept_tokens), concept_names=tuple(c.words for c in concepts),

@@ -40,6 +40,7 @@ class MagicFacePatch(_SharedOnCopy):
         for key in list(injection) + [k for k in segmentation if k not in injection]:
             layer = injection.get(key) or segmentation[key]
             hook = SelfAttentionHook(layer, inject=key in injection, collect=key in segmentation,
+                                     record=key == self.plan.injection_layers[-1].key,
                                      previous=get_attention_replace(model_patcher, "attn1", key))
             model_patcher.set_model_attn1_replace(hook, key[0], key[1], key[2])
             if key in injection:

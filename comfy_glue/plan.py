@@ -17,6 +17,7 @@ class MagicFacePlan(_SharedOnCopy):
     reference_context: (R, T, C_ctx) text context of each reference prompt.
     reference_pooled: (R, C_pool) pooled text embedding, for models with adm conditioning.
     concept_tokens: per concept, its context token indices in the target prompt.
+    reference_images: the references as encoded (R, S, S, 3), kept for the preview nodes.
     sigma_start > sigma_switch > sigma_end: the effect runs while sigma_end <= sigma <= sigma_start;
     RSA while sigma > sigma_switch, RBA after.
     """
@@ -36,6 +37,7 @@ class MagicFacePlan(_SharedOnCopy):
     sigma_switch: float
     sigma_end: float
     seed: int
+    reference_images: Optional[torch.Tensor] = None   # (R, S, S, 3) as encoded, for previews
 
     @property
     def concept_count(self) -> int:

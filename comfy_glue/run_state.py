@@ -25,6 +25,23 @@ def same_sigma(a: float, b: float) -> bool:
 
 
 @dataclass
+class AttentionRecord:
+    """One injection layer's last cond query/keys and references, for the attention-map preview.
+
+    query, own_keys: (N, C) of the first cond row; owner: (N,) concept index per pixel under RBA
+    (-1 none), None under RSA; hw: the layer's token grid.
+    """
+    layer: object
+    stage: str
+    query: torch.Tensor
+    own_keys: torch.Tensor
+    refs: object
+    heads: int
+    hw: tuple
+    owner: Optional[torch.Tensor] = None
+
+
+@dataclass
 class CallContext:
     run: "MagicFaceRun"
     mode: str                       # keys.MODE_TARGET or keys.MODE_CAPTURE
@@ -56,6 +73,7 @@ class MagicFaceRun:
         self.segmentations = []          # [(sigma, [Segmentation per batch element])]
         self.label_history = []          # [(sigma, (E, Hs, Ws) long labels)]: small, kept for previews
         self.calls = Counter()           # (stage or "segmentation", layer name) -> calls
+        self.attention_record = None     # AttentionRecord of the last injected call
         self.stage_sigmas = {keys.STAGE_RSA: [], keys.STAGE_RBA: []}
         self._layer_masks = {}
 
@@ -134,6 +152,7 @@ class MagicFaceRun:
             "label_history": list(self.label_history),
             "segmentation": self.latest_segmentation(),
             "concept_names": self.plan.concept_names,
+            "attention": self.attention_record,
         }
 
     def release_references(self):
@@ -142,6 +161,7 @@ class MagicFaceRun:
 
     def release(self):
         self.release_references()
+        self.attention_record = None
         self.segmentations.clear()
         self.label_history.clear()
         self._layer_masks.clear()

@@ -28,6 +28,7 @@ from .propagation import head_mean_cross_probs, propagate_with_probs, smooth_pro
 from .reference_kv import ReferenceKV, make_reference_kv
 from .segmentation import Segmentation, segment
 from .smoothing import gaussian_blur, gaussian_kernel
+from .visualise import point_attention_to_references
 
 __all__ = [
     "CA_SCALE_FOREGROUND_THRESHOLD", "CA_SCALE_MULTI_CONCEPT", "CA_SCALE_SINGLE_CONCEPT",
@@ -36,6 +37,7 @@ __all__ = [
     "REFERENCE_MASK_SIZE", "REFERENCE_SEGMENTATION_DOWNSCALE", "REFERENCE_STEPS", "START_TOKEN",
     "ReferenceKV", "Segmentation", "concept_owner", "gaussian_blur", "gaussian_kernel",
     "head_mean_cross_probs", "make_reference_kv", "mask_to_layer", "plain_attention",
+    "point_attention_to_references",
     "propagate_with_probs", "rba_attention", "reference_mode_mask", "resize_nearest",
     "rsa_attention", "segment", "semantic_cfg", "semantic_cfg_rate", "smooth_propagate",
 ]

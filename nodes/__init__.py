@@ -1,4 +1,5 @@
 """MagicFace nodes: small classes, no math. The math is in magicface_attn, the hooks in comfy_glue."""
+from .attention_map import MagicFaceAttentionMap
 from .concept_folder import MagicFaceConceptFromFolder
 from .concept_loader import MagicFaceConceptLoader
 from .concept_mask import MagicFaceConceptMask
@@ -14,6 +15,7 @@ NODE_CLASS_MAPPINGS = {
     "MagicFaceApply": MagicFaceApply,
     "MagicFaceSegmentationPreview": MagicFaceSegmentationPreview,
     "MagicFaceSegmentationSteps": MagicFaceSegmentationSteps,
+    "MagicFaceAttentionMap": MagicFaceAttentionMap,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -24,4 +26,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "MagicFaceApply": "MagicFace Apply",
     "MagicFaceSegmentationPreview": "MagicFace Segmentation Preview",
     "MagicFaceSegmentationSteps": "MagicFace Segmentation Steps",
+    "MagicFaceAttentionMap": "MagicFace Attention Map",
 }

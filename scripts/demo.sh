@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up the host env (first run only) and run a workflow on the tiny random
 # checkpoint; prints where the output images were written.
-#   bash scripts/demo.sh                    # built-in txt2img graph
+#   bash scripts/demo.sh                    # the three-concept MagicFace example
+#   bash scripts/demo.sh --txt2img          # plain built-in txt2img graph
 #   bash scripts/demo.sh workflows/api/x.json [--input-dir DIR] [--out DIR]
 #   MAGICFACE_WORKFLOW=workflows/api/x.json bash scripts/demo.sh
 # (the tiny checkpoint is random: images are noise-like, the point is that

@@ -1,9 +1,12 @@
 """Run an API-format workflow on the tiny random checkpoint, in-process.
 
-Used by scripts/demo.sh.  With no --workflow it runs the built-in txt2img
-graph; a workflow file (e.g. from workflows/api/) may name its checkpoint
-"$CHECKPOINT" (or any ckpt_name) and will get the tiny one.  The pack is
-loaded by ComfyUI from a custom_nodes symlink, exactly as for users.
+Used by scripts/demo.sh.  With no --workflow it runs the three-concept example
+(workflows/api/magicface_three_concepts.json: man + hat + sunglasses) on the
+published example references from ../shared/data/magicface_examples, shrunk to
+what a CPU runs in seconds; --txt2img runs the plain built-in graph instead.
+A workflow file may name its checkpoint "$CHECKPOINT" (or any ckpt_name) and
+will get the tiny one.  The pack is loaded by ComfyUI from a custom_nodes
+symlink, exactly as for users.
 """
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ def main() -> int:
     parser.add_argument("--workflow", type=Path, help="API-format workflow JSON (default: built-in txt2img)")
     parser.add_argument("--out", type=Path, default=REPO / "demo_output", help="work/output directory")
     parser.add_argument("--input-dir", type=Path, help="ComfyUI input directory (images for LoadImage)")
+    parser.add_argument("--txt2img", action="store_true", help="run the plain built-in txt2img graph")
+    parser.add_argument("--examples", type=Path, default=REPO.parent / "shared" / "data" / "magicface_examples",
+                        help="the MagicFace example data (staged into the input dir for the default demo)")
     parser.add_argument("--size", type=int, default=256, help="image size of the built-in graph")
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
@@ -35,7 +41,14 @@ def main() -> int:
     ckpt = write_all(host.models_dir)["checkpoint"]  # reused on later runs
     if args.workflow:
         prompt = load_workflow(args.workflow, ckpt.name)
+    elif not args.txt2img and args.examples.is_dir():
+        from ui.ui_support import api_workflow, stage_inputs, tiny_names
+        stage_inputs(host.input_dir, args.examples)
+        prompt = api_workflow("magicface_three_concepts", tiny_names(host.models_dir))
+        print("demo: three concepts (man, hat, sunglasses) from", args.examples)
     else:
+        if not args.txt2img:
+            print(f"demo: {args.examples} not found, running the plain txt2img graph", file=sys.stderr)
         prompt = txt2img(ckpt.name, width=args.size, height=args.size, steps=args.steps, prefix="magicface_demo")
     result = InProcessRunner(host).run(prompt)
     if not result.ok:
