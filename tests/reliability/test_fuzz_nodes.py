@@ -32,32 +32,56 @@ def concept_inputs(draw):
         mask = torch.ones(1, draw(st.integers(4, 50)), draw(st.integers(4, 50)))
     else:
         mask = {"empty": torch.zeros, "full": torch.ones, "random": torch.rand}[mask_kind](1, height, width)
-    return image, mask, draw(st.sampled_from(WORDS)), draw(st.floats(-1.0, 12.0))
+    weight = draw(st.one_of(st.floats(0.0, 5.0), st.floats(-1.0, 12.0)))
+    return image, mask, weight
 
 
-@settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(concepts=st.lists(concept_inputs(), min_size=1, max_size=3),
-       fractions=st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3),
-       mask_settings=st.tuples(st.floats(0, 1), st.integers(-4, 4), st.floats(0, 3), st.booleans()),
-       semantic_cfg=st.booleans(), layers=st.sampled_from(["paper", "all decoder", "custom"]),
-       custom=st.sampled_from(["output_2", "output_99", "nonsense", ""]))
-def test_nodes_fail_cleanly_or_produce_finite_output(tiny, negative, concepts, fractions, mask_settings,
-                                                     semantic_cfg, layers, custom):
+@st.composite
+def scenarios(draw):
+    """Mostly valid graphs (distinct prompt words, ordered fractions), with invalid values mixed in."""
+    count = draw(st.integers(1, 2))
+    words = draw(st.one_of(st.permutations(["man", "hat"]).map(lambda w: w[:count]),
+                           st.lists(st.sampled_from(WORDS), min_size=count, max_size=count)))
+    fractions = sorted(draw(st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3)))
+    if draw(st.booleans()) and draw(st.booleans()):
+        fractions = fractions[::-1]
+    layers = draw(st.sampled_from(["paper", "paper", "all decoder", "custom"]))
+    custom = draw(st.sampled_from(["output_2", "output_99", "nonsense"])) if layers == "custom" else ""
+    mask_settings = (draw(st.floats(0, 1)), draw(st.integers(-4, 4)), draw(st.floats(0, 3)), draw(st.booleans()))
+    return ([(*draw(concept_inputs()), word) for word in words], fractions, mask_settings, draw(st.booleans()),
+            layers, custom)
+
+
+def _run(tiny, negative, scenario):
     model, clip, vae = tiny
-    threshold, grow, feather, invert = mask_settings
+    concepts, (start, switch, end), (threshold, grow, feather, invert), semantic_cfg, layers, custom = scenario
     try:
         chain = None
-        for image, mask, words, weight in concepts:
+        for image, mask, weight, words in concepts:
             if mask is not None:
                 mask = node("MagicFaceConceptMask").make_mask(threshold, "value", grow, feather, invert, mask=mask)[0]
             chain = node("MagicFaceConceptLoader").load(image, words, weight, mask=mask, previous=chain)[0]
-        start, switch, end = fractions
         schedule = node("MagicFaceStageScheduler").schedule(switch, start, end, layers, custom, 0.0, semantic_cfg,
                                                              "area")[0]
         patched, positive, _ = node("MagicFaceApply").apply(model, clip, vae, PROMPT, concepts=chain,
                                                             schedule=schedule, reference_size=64)
     except _error_type() as error:
         assert "Fix:" in str(error) and str(error).startswith("[MagicFace")
-        return
+        return "clean error"
     out = sample(patched, positive, negative, torch.zeros(1, 4, 8, 8), steps=2)
     assert torch.isfinite(out).all()
+    return "finite output"
+
+
+def test_nodes_fail_cleanly_or_produce_finite_output(tiny, negative):
+    outcomes = []
+
+    @settings(max_examples=14, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(scenario=scenarios())
+    def check(scenario):
+        outcomes.append(_run(tiny, negative, scenario))
+
+    check()
+    # the fuzzing must reach both ends: validation errors and real sampling runs
+    assert {"clean error", "finite output"} <= set(outcomes), outcomes
