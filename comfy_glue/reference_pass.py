@@ -3,7 +3,7 @@
 Only the cond branch of the references is computed (the target never reads their uncond
 branch), with plain attention and no ControlNet. Their keys/values at the injection layers
 are captured by the SelfAttentionHooks; the UNet output itself is discarded, so the output
-blocks after the last injection layer are shrunk to one pixel (see OutputBlockCut).
+blocks after the last injection layer run on one pixel row (see OutputBlockCut).
 """
 import torch
 
@@ -24,7 +24,9 @@ def reference_noise(seed: int, sigma: float, shape):
 
 class OutputBlockCut:
     """output_block_patch of the reference pass: nothing after the last output block that holds
-    an injection layer is read, so from the next block on the decoder runs on a 1x1 crop.
+    an injection layer is read, so from the next block on the decoder runs on its first pixel
+    row only. A row, not one pixel: GroupNorm refuses a single value per group (narrow UNets,
+    batch 1), and the discarded output must still broadcast against the input latent.
 
     An exception-free early exit: the remaining blocks cost a few tiny ops instead of full
     convolutions at the finest resolutions (SDXL's 'paper' layers end at output block 5 of 9).
@@ -35,7 +37,7 @@ class OutputBlockCut:
 
     def __call__(self, h, skip, transformer_options):
         if transformer_options.get("block", ("output", 0))[1] > self.last_needed_block:
-            return h[..., :1, :1], skip[..., :1, :1]
+            return h[..., :1, :], skip[..., :1, :]
         return h, skip
 
 
@@ -55,9 +57,7 @@ def _reference_adm(base_model, plan, target_c, latent_hw, device):
 
 
 def run_reference_pass(run, hooks, apply_model, target_c, sigma_value: float, device):
-    """Fill run.reference_kv for noise level sigma_value (skipped when already there)."""
-    if run.references_ready_for(sigma_value):
-        return
+    """Fill run.reference_kv for noise level sigma_value (the run drops it after the call)."""
     plan = run.plan
     base_model = apply_model.__self__
     latents = plan.reference_latents.to(device, torch.float32)
@@ -85,5 +85,4 @@ def run_reference_pass(run, hooks, apply_model, target_c, sigma_value: float, de
     run.reference_kv.clear()
     with torch.no_grad():
         apply_model(noisy, sigma, c_crossattn=context, transformer_options=options, **extra)
-    run.reference_sigma = sigma_value
     call.release()

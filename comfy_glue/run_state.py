@@ -68,7 +68,6 @@ class MagicFaceRun:
         self.plan = plan
         self.last_sigma = None
         self.latent_shape = None
-        self.reference_sigma = None
         self.reference_kv = {}
         self.segmentations = []          # [(sigma, [Segmentation per batch element])]
         self.label_history = []          # [(sigma, (E, Hs, Ws) long labels)]: small, kept for previews
@@ -102,11 +101,7 @@ class MagicFaceRun:
         if hw[0] * hw[1] != k.shape[1]:
             raise RuntimeError(f"MagicFace: reference tokens {k.shape[1]} do not match grid {hw} at {layer.name}")
         masks = self.layer_masks(hw, k.device)
-        weights = torch.tensor(self.plan.weights, dtype=torch.float32, device=k.device)
-        self.reference_kv[layer.key] = make_reference_kv(k, v, masks, weights, heads)
-
-    def references_ready_for(self, sigma: float) -> bool:
-        return self.reference_sigma is not None and same_sigma(self.reference_sigma, sigma)
+        self.reference_kv[layer.key] = make_reference_kv(k, v, masks, self.plan.weights, heads)
 
     # --- segmentation ----------------------------------------------------------------------
     def finish_segmentation(self, call: CallContext):
@@ -124,7 +119,8 @@ class MagicFaceRun:
             per_element.append(segment(layer_maps, out_hw, tokens, self.plan.ca_scale))
         self.segmentations = [(s, seg) for s, seg in self.segmentations if not same_sigma(s, call.sigma)]
         self.segmentations.append((call.sigma, per_element))
-        self.label_history.append((call.sigma, torch.stack([seg.labels for seg in per_element]).cpu()))
+        # Kept on the device: moving them to the CPU here would synchronise every step.
+        self.label_history.append((call.sigma, torch.stack([seg.labels for seg in per_element])))
         # Only the current and the previous step are ever read back.
         del self.segmentations[:-KEPT_SEGMENTATIONS]
         self.calls[("segmentation", "step")] += 1
@@ -149,7 +145,7 @@ class MagicFaceRun:
             "rsa_sigmas": list(self.stage_sigmas[keys.STAGE_RSA]),
             "rba_sigmas": list(self.stage_sigmas[keys.STAGE_RBA]),
             "segmentation_sigmas": [s for s, _ in self.label_history],
-            "label_history": list(self.label_history),
+            "label_history": [(sigma, labels.cpu()) for sigma, labels in self.label_history],
             "segmentation": self.latest_segmentation(),
             "concept_names": self.plan.concept_names,
             "attention": self.attention_record,
@@ -157,7 +153,6 @@ class MagicFaceRun:
 
     def release_references(self):
         self.reference_kv.clear()
-        self.reference_sigma = None
 
     def release(self):
         self.release_references()

@@ -92,9 +92,13 @@ def segment(layer_maps, out_hw, concept_tokens, ca_scale: float, num_tokens_used
     concept_set = sorted({t for group in concept_tokens for t in group})
     if any(not 0 <= t < used for t in concept_set):
         raise ValueError(f"concept tokens {concept_set} outside 0..{used - 1}")
+    # Built from scalar comparisons and torch.where rather than list/boolean indexing, which
+    # would copy an index to the device or synchronise with it at every step.
+    positions = torch.arange(tokens, device=token_scores.device)
     is_concept = torch.zeros(tokens, dtype=torch.bool, device=token_scores.device)
-    is_concept[concept_set] = True
-    token_scores[~is_concept] = token_scores[~is_concept] * ca_scale
+    for token in concept_set:
+        is_concept |= positions == token
+    token_scores = torch.where(is_concept[:, None, None], token_scores, token_scores * ca_scale)
 
     top = token_scores[:used].max(dim=0).values
     token_regions = torch.zeros_like(token_scores, dtype=torch.bool)
@@ -110,6 +114,7 @@ def segment(layer_maps, out_hw, concept_tokens, ca_scale: float, num_tokens_used
 
     labels = torch.full(top.shape, -1, dtype=torch.long, device=top.device)
     for index, group in enumerate(concept_tokens):
-        labels[token_regions[list(group)].any(dim=0)] = index
+        won = torch.stack([token_regions[token] for token in group]).any(dim=0)
+        labels = torch.where(won, index, labels)
     concept_regions = labels[None] == torch.arange(len(concept_tokens), device=top.device)[:, None, None]
     return Segmentation(token_scores, token_regions, fore_scores, fore, concept_regions, labels)

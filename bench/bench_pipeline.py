@@ -1,0 +1,341 @@
+"""Benchmark whole-pipeline MagicFace sampling against plain sampling, inside a real ComfyUI host.
+
+    python bench/bench_pipeline.py --tiny                                   # CPU smoke, < 60 s
+    python bench/bench_pipeline.py --device cuda --models sd15,sdxl --out perf.md
+
+Builds random-weight UNets with the real SD1.5 / SDXL layouts (or small ones with --tiny),
+then, in one process and from the same noise, samples with nodes.common_ksampler (euler, cfg 7):
+plain, and MagicFace with R = 1..4 concepts (a MagicFacePlan built directly, no CLIP/VAE).
+Reports the median time ratio MagicFace / plain, the extra peak memory, and a per-part
+breakdown taken in a separate, synchronised run. --ref-every K adds an approximate variant
+that refreshes reference features every K steps only (a bench-side override, not a product
+option) and reports its difference from the exact result.
+"""
+import argparse
+import datetime
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(REPO_ROOT / "tests"))  # the test harness bootstraps the ComfyUI host
+
+from pipeline_models import SPECS, build_model_patcher, conditioning, glue, make_plan, patched_model  # noqa: E402
+from pipeline_probe import PARTS, PartTimer, instrumented, peak_memory_mib, timed  # noqa: E402
+
+SAMPLER, SCHEDULER, SEED = "euler", "normal", 7
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--models", default="sd15,sdxl", help="comma list of sd15, sdxl")
+    parser.add_argument("--tiny", action="store_true", help="small UNets at a 128x128 image, for CPU smoke runs")
+    parser.add_argument("--concepts", default=None, help="comma list of concept counts R (default 1,2,3,4; --tiny 1,3)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default 20, --tiny 4)")
+    parser.add_argument("--cfg", type=float, default=7.0)
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per variant (default 3, --tiny 1)")
+    parser.add_argument("--no-breakdown", action="store_true", help="skip the synchronised per-part run")
+    parser.add_argument("--no-coupling", action="store_true", help="skip the batch-coupling measurement")
+    parser.add_argument("--ref-every", type=int, default=0,
+                        help="also time an approximate mode refreshing references every K steps (K >= 2)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU intra-op threads (default 1: on a shared, loaded CPU more threads wait on "
+                             "each other at every op and timings explode)")
+    parser.add_argument("--out", type=Path, help="also write the markdown report here")
+    args = parser.parse_args(argv)
+    args.steps = args.steps or (4 if args.tiny else 20)
+    args.repeats = args.repeats or (1 if args.tiny else 3)
+    concepts = args.concepts or ("1,3" if args.tiny else "1,2,3,4")
+    args.concept_counts = [int(r) for r in concepts.split(",") if r.strip()]
+    args.model_names = [m.strip() for m in args.models.split(",") if m.strip()]
+    return args
+
+
+def bootstrap_host(device: str):
+    """Import ComfyUI in-process with the pack loaded; on CUDA the host must not be forced to CPU.
+
+    The harness forces args.cpu; ComfyUI reads it when comfy.model_management is first imported,
+    so for CUDA that module is imported first with args.cpu left off.
+    """
+    from harness import bootstrap_in_process, find_comfyui_root
+    root = str(find_comfyui_root())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    if device == "cuda":
+        import comfy.options
+        comfy.options.enable_args_parsing(False)
+        import comfy.model_management  # noqa: F401  (decides the device now, before args.cpu is set)
+    work = Path(tempfile.mkdtemp(prefix="mf_bench_"))
+    host = bootstrap_in_process(work / "run", work / "models")
+    if not host.pack_loaded:
+        raise RuntimeError("ComfyUI did not load the MagicFace pack")
+    import comfy.utils
+    comfy.utils.PROGRESS_BAR_ENABLED = False
+    return host
+
+
+class Variant:
+    """One sampling configuration: plain (plan None) or MagicFace with one plan."""
+
+    def __init__(self, label, model, patch=None, concepts=0):
+        self.label, self.model, self.patch, self.concepts = label, model, patch, concepts
+        self.times, self.result, self.peak_mib, self.parts, self.report = [], None, float("nan"), None, None
+        self.syncs = None
+
+
+def sample(variant, positive, negative, latent, args):
+    import nodes
+    out = nodes.common_ksampler(variant.model, SEED, args.steps, args.cfg, SAMPLER, SCHEDULER,
+                                positive, negative, {"samples": latent})
+    return out[0]["samples"]
+
+
+class ReferenceRefreshEveryK:
+    """Approximate mode (bench-side override): reuse the reference features for K model calls.
+
+    The product recomputes them at every call and drops them afterwards (exact mode). This
+    wraps the reference pass the patch calls, so it only runs every K-th call, and disables
+    release_references, so the features survive between calls.
+    """
+
+    def __init__(self, k: int):
+        self.k = k
+        self.patch_module = glue("patch")
+        self.run_class = glue("run_state").MagicFaceRun
+        self.saved_pass = self.patch_module.run_reference_pass
+        self.saved_release = self.run_class.__dict__["release_references"]
+
+    def __enter__(self):
+        k, original = self.k, self.saved_pass
+
+        def every_k(run, *args, **kwargs):
+            calls = getattr(run, "_bench_calls_since_pass", k)
+            if not run.reference_kv or calls >= k:
+                original(run, *args, **kwargs)
+                calls = 0
+            run._bench_calls_since_pass = calls + 1
+        self.patch_module.run_reference_pass = every_k
+        self.run_class.release_references = lambda run: None
+        return self
+
+    def __exit__(self, *exc):
+        self.patch_module.run_reference_pass = self.saved_pass
+        self.run_class.release_references = self.saved_release
+
+
+def _run_variant(variant, positive, negative, latent, args, device):
+    if variant.label.startswith("approx"):
+        with ReferenceRefreshEveryK(args.ref_every):
+            return timed(lambda: sample(variant, positive, negative, latent, args), device)
+    return timed(lambda: sample(variant, positive, negative, latent, args), device)
+
+
+def bench_model(name, args, device, dtype):
+    spec = SPECS[(name, args.tiny)]
+    base = build_model_patcher(spec, device, dtype)
+    positive, negative = conditioning(spec, SEED)
+    latent = torch.zeros(1, 4, *spec.latent_hw)
+    variants = [Variant("plain", base)]
+    for count in args.concept_counts:
+        model, patch = patched_model(base, make_plan(base, spec, count, seed=SEED))
+        variants.append(Variant(f"R={count}", model, patch, count))
+    if args.ref_every >= 2:
+        count = args.concept_counts[-1]
+        model, patch = patched_model(base, make_plan(base, spec, count, seed=SEED))
+        variants.append(Variant(f"approx R={count}, refs every {args.ref_every}", model, patch, count))
+
+    for variant in variants:  # warm-up (kernel choice, allocator) and the result for the checks
+        _, variant.result = _run_variant(variant, positive, negative, latent, args, device)
+        variant.report = variant.patch.report() if variant.patch else None
+    for repeat in range(args.repeats):  # interleaved, so load changes hit every variant alike
+        for variant in variants:
+            run = lambda: _run_variant(variant, positive, negative, latent, args, device)  # noqa: E731
+            if repeat == args.repeats - 1:  # the peak read only adds syncs before and after the run
+                variant.peak_mib, (seconds, _) = peak_memory_mib(run, device)
+            else:
+                seconds, _ = run()
+            variant.times.append(seconds)
+    if not args.no_breakdown:
+        for variant in variants[1:]:
+            timer = PartTimer(device)
+            with instrumented(timer):
+                _run_variant(variant, positive, negative, latent, args, device)
+            variant.parts = timer
+    if device.type == "cuda":
+        for variant in variants:
+            variant.syncs = count_host_syncs(lambda: _run_variant(variant, positive, negative, latent, args, device))
+    coupling = None if args.no_coupling else measure_coupling(base, spec, args, device, positive)
+    return spec, variants, coupling
+
+
+def count_host_syncs(fn) -> int:
+    """Synchronising CUDA calls during fn() (torch's sync debug mode warns once per sync)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def measure_coupling(base, spec, args, device, positive):
+    """Median seconds of one UNet call on 2+R rows vs a 2-row call plus an R-row call, per R.
+
+    This is the choice between coupling the references into the target's batch and the
+    separate reference pass MagicFace uses (cond branch only, once per step).
+    """
+    model = base.model
+    dtype = model.get_dtype()
+    context_dim = spec.unet["context_dim"]
+    generator = torch.Generator().manual_seed(SEED)
+
+    def call(rows):
+        x = torch.randn(rows, 4, *spec.latent_hw, generator=generator).to(device)
+        context = torch.randn(rows, 77, context_dim, generator=generator).to(device, dtype)
+        extra = {"y": torch.randn(rows, spec.unet["adm_in_channels"], generator=generator).to(device, dtype)} \
+            if spec.pooled_dim else {}
+        sigma = torch.full((rows,), 5.0, device=device)
+        return lambda: model.apply_model(x, sigma, c_crossattn=context, **extra)
+
+    results = []
+    repeats = max(3, args.repeats)
+    for count in args.concept_counts:
+        joint, target, refs = call(2 + count), call(2), call(count)
+        joint(), target(), refs()
+        samples = [(timed(joint, device)[0], timed(target, device)[0] + timed(refs, device)[0])
+                   for _ in range(repeats)]
+        results.append((count, statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples)))
+    return results
+
+
+def _median_ratio(variant, plain):
+    return statistics.median(t / p for t, p in zip(variant.times, plain.times))
+
+
+def _device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def render(results, args, device, dtype):
+    lines = [
+        f"## MagicFace pipeline benchmark ({'tiny' if args.tiny else 'full-size'} UNets)",
+        "",
+        f"- device: {_device_name(device)}; dtype: {str(dtype).replace('torch.', '')}; torch {torch.__version__}",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        f"- {args.steps} steps {SAMPLER}/{SCHEDULER}, cfg {args.cfg}, RSA until 42 % of the schedule then RBA, "
+        f"semantic CFG on, 'paper' layers; {args.repeats} interleaved timed runs per variant, medians",
+        "",
+    ]
+    for spec, variants, coupling in results:
+        plain = variants[0]
+        plain_s = statistics.median(plain.times)
+        lines += [f"### {spec.name}, {spec.image_size} image (latent {spec.latent_hw[0]}x{spec.latent_hw[1]})", "",
+                  "| variant | median s | ratio vs plain | extra peak MiB | max abs diff vs exact | host syncs |",
+                  "|---|---|---|---|---|---|"]
+        exact = {v.concepts: v for v in variants if v.label.startswith("R=")}
+        for variant in variants:
+            ratio = 1.0 if variant is plain else _median_ratio(variant, plain)
+            extra = variant.peak_mib - plain.peak_mib if variant is not plain else 0.0
+            diff = ""
+            if variant.label.startswith("approx"):
+                reference = exact[variant.concepts].result
+                delta = variant.result - reference
+                diff = f"{delta.abs().max().item():.3g} (rel. L2 {(delta.norm() / reference.norm()).item():.3f})"
+            syncs = "" if variant.syncs is None else str(variant.syncs)
+            lines.append(f"| {variant.label} | {statistics.median(variant.times):.3f} | {ratio:.3f}x "
+                         f"| {extra:.0f} | {diff} | {syncs} |")
+        exact_list = list(exact.values())
+        if len(exact_list) >= 2:
+            xs = [v.concepts for v in exact_list]
+            ys = [_median_ratio(v, plain) for v in exact_list]
+            slope = _slope(xs, ys)
+            lines += ["", f"Slope of time vs R: {slope:.3f}x plain per extra concept "
+                          f"({slope * plain_s:.3f} s per concept per image)."]
+        lines += _breakdown_lines(variants, plain_s) + _coupling_lines(coupling) + _stage_lines(exact_list) + [""]
+    return "\n".join(lines)
+
+
+def _slope(xs, ys):
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum((x - mean_x) ** 2 for x in xs)
+
+
+def _breakdown_lines(variants, plain_s):
+    timed_variants = [v for v in variants[1:] if v.parts is not None]
+    if not timed_variants:
+        return []
+    lines = ["", "Per-part time, separate synchronised run, seconds per image (% of plain sampling):", "",
+             "| variant | " + " | ".join(PARTS) + " |", "|---|" + "---|" * len(PARTS)]
+    for variant in timed_variants:
+        cells = [f"{variant.parts.seconds[p]:.3f} ({100 * variant.parts.seconds[p] / plain_s:.0f} %)" for p in PARTS]
+        lines.append(f"| {variant.label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _coupling_lines(coupling):
+    if not coupling:
+        return []
+    lines = ["", "Batch coupling: one UNet call on 2+R rows vs a 2-row call plus an R-row call (median s):", "",
+             "| R | 2+R rows | 2 rows + R rows | separate / coupled |", "|---|---|---|---|"]
+    for count, joint, separate in coupling:
+        lines.append(f"| {count} | {joint:.4f} | {separate:.4f} | {separate / joint:.3f} |")
+    return lines
+
+
+def _stage_lines(exact_variants):
+    """Which steps computed what, from the patch's own report (segmentation decision included)."""
+    if not exact_variants:
+        return []
+    report = exact_variants[-1].report
+    calls = report["calls"]
+    return ["", f"Steps (R={exact_variants[-1].concepts}): {len(report['rsa_sigmas'])} RSA, "
+                f"{len(report['rba_sigmas'])} RBA; segmentation computed at {calls.get(('segmentation', 'step'), 0)} "
+                f"steps, semantic CFG applied at {calls.get(('guidance', 'step'), 0)}."]
+
+
+def check_results(results):
+    """Every ratio finite and every sample finite: the smoke test relies on this."""
+    for spec, variants, _ in results:
+        plain = variants[0]
+        for variant in variants:
+            if not torch.isfinite(variant.result).all():
+                raise RuntimeError(f"{spec.name} {variant.label}: non-finite samples")
+            if variant is not plain and not math.isfinite(_median_ratio(variant, plain)):
+                raise RuntimeError(f"{spec.name} {variant.label}: non-finite ratio")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device visible")
+    bootstrap_host(args.device)
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    results = []
+    with torch.inference_mode():
+        for name in args.model_names:
+            results.append(bench_model(name, args, device, dtype))
+    check_results(results)
+    report = render(results, args, device, dtype)
+    print(report)
+    if args.out:
+        args.out.write_text(report + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

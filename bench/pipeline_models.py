@@ -1,0 +1,142 @@
+"""Random-weight UNets, conditioning and MagicFace plans for bench_pipeline.py.
+
+The full-size configs are SD1.5's and SDXL's true UNet layouts (channels, levels, depths, heads),
+so one model call costs what the real model's does; weights are random because only the cost is
+measured. The tiny configs keep each family's layout pattern (where attention sits, which
+decoder levels MagicFace patches) at a fraction of the width, for CPU smoke runs.
+"""
+import importlib
+import math
+from dataclasses import dataclass
+
+import torch
+
+PACK = "ComfyUI-MagicFace"
+
+_COMMON = dict(in_channels=4, out_channels=4, use_spatial_transformer=True, legacy=False, use_checkpoint=False,
+               use_temporal_resblock=False, use_temporal_attention=False, image_size=32)
+SD15_FULL = dict(_COMMON, model_channels=320, channel_mult=[1, 2, 4, 4], num_res_blocks=[2, 2, 2, 2],
+                 transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+                 transformer_depth_middle=1, context_dim=768, num_heads=8, num_head_channels=-1,
+                 use_linear_in_transformer=False, adm_in_channels=None)
+SDXL_FULL = dict(_COMMON, model_channels=320, channel_mult=[1, 2, 4], num_res_blocks=[2, 2, 2],
+                 transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
+                 transformer_depth_middle=10, context_dim=2048, num_heads=-1, num_head_channels=64,
+                 use_linear_in_transformer=True, adm_in_channels=2816, num_classes="sequential")
+# transformer_depth_output is consumed from its end (ComfyUI pops it), lowest resolution first.
+# Tiny: same level/attention pattern, 32 base channels, one res block per level, shallow SDXL stacks.
+SD15_TINY = dict(SD15_FULL, model_channels=32, channel_mult=[1, 2, 2, 2], num_res_blocks=[1, 1, 1, 1],
+                 transformer_depth=[1, 1, 1, 0],
+                 transformer_depth_output=[1, 1, 1, 1, 1, 1, 0, 0])
+SDXL_TINY = dict(SDXL_FULL, model_channels=32, channel_mult=[1, 2, 2], num_res_blocks=[1, 1, 1],
+                 transformer_depth=[0, 1, 2], transformer_depth_output=[0, 0, 1, 1, 2, 2], transformer_depth_middle=1,
+                 num_head_channels=16)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    unet: dict
+    family: str           # "sd15" or "sdxl"
+    latent_hw: tuple      # latent grid of the benchmarked image
+    pooled_dim: int = 0   # SDXL's pooled text embedding width (0: none)
+
+    @property
+    def image_size(self) -> str:
+        return f"{self.latent_hw[1] * 8}x{self.latent_hw[0] * 8}"
+
+
+SPECS = {
+    ("sd15", False): ModelSpec("SD1.5", SD15_FULL, "sd15", (64, 64)),
+    ("sdxl", False): ModelSpec("SDXL", SDXL_FULL, "sdxl", (128, 128), pooled_dim=1280),
+    ("sd15", True): ModelSpec("SD1.5-tiny", SD15_TINY, "sd15", (16, 16)),
+    ("sdxl", True): ModelSpec("SDXL-tiny", SDXL_TINY, "sdxl", (16, 16), pooled_dim=1280),
+}
+
+
+def glue(module: str):
+    """A module of the pack as ComfyUI loaded it (the pack root is never on sys.path)."""
+    return importlib.import_module(f"{PACK}.comfy_glue.{module}")
+
+
+@torch.no_grad()
+def init_parameters(module: torch.nn.Module, seed: int):
+    """Every parameter set explicitly (ComfyUI's layers skip init: untouched memory is garbage).
+
+    Weights ~ N(0, 1/fan_in) keep activations in range through the deep stack; biases 0, norms 1.
+    Drawn in float32 on the parameter's device, then cast.
+    """
+    generator = torch.Generator(device=next(module.parameters()).device).manual_seed(seed)
+    for sub in module.modules():
+        is_norm = isinstance(sub, (torch.nn.GroupNorm, torch.nn.LayerNorm))
+        for name, param in sub.named_parameters(recurse=False):
+            if is_norm and name == "weight":
+                param.fill_(1)
+            elif param.dim() < 2:
+                param.zero_()
+            else:
+                fan_in = math.prod(param.shape[1:])
+                values = torch.randn(param.shape, generator=generator, device=param.device)
+                param.copy_(values / math.sqrt(fan_in))
+
+
+def build_model_patcher(spec: ModelSpec, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    """A ComfyUI ModelPatcher around a random-weight UNet built directly on `device` in `dtype`."""
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+    if spec.family == "sdxl":
+        config, model_class = comfy.supported_models.SDXL(dict(spec.unet)), comfy.model_base.SDXL
+    else:
+        config, model_class = comfy.supported_models.SD15(dict(spec.unet)), comfy.model_base.BaseModel
+    config.set_inference_dtype(dtype, None)
+    model = model_class(config, model_type=comfy.model_base.ModelType.EPS, device=device)
+    init_parameters(model.diffusion_model, seed)
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=device)
+
+
+def conditioning(spec: ModelSpec, seed: int):
+    """Random (positive, negative) CONDITIONING with the family's context (and pooled) widths."""
+    generator = torch.Generator().manual_seed(seed)
+    context_dim = spec.unet["context_dim"]
+
+    def one():
+        extra = {}
+        if spec.pooled_dim:
+            extra["pooled_output"] = torch.randn(1, spec.pooled_dim, generator=generator)
+        return [[torch.randn(1, 77, context_dim, generator=generator), extra]]
+
+    return one(), one()
+
+
+def make_plan(model_patcher, spec: ModelSpec, concepts: int, seed: int = 0, semantic_cfg: bool = True):
+    """A MagicFacePlan as MagicFace Apply would build it, without CLIP/VAE: random reference
+    latents at the target's size, a central rectangle per concept mask, 'paper' layers."""
+    layers = glue("layers")
+    generator = torch.Generator().manual_seed(seed + 100)
+    found = layers.list_attention_layers(model_patcher.model.diffusion_model)
+    masks = torch.zeros(concepts, 64, 64)
+    for index in range(concepts):  # overlapping but distinct regions, as face/hair/hat masks are
+        masks[index, 8 + 4 * index: 56, 12 + 4 * index: 52 - 2 * index] = 1
+    sampling = model_patcher.model.model_sampling
+    sigma = lambda fraction: float(sampling.percent_to_sigma(fraction))
+    pooled = torch.randn(concepts, spec.pooled_dim, generator=generator) if spec.pooled_dim else None
+    return glue("plan").MagicFacePlan(
+        injection_layers=tuple(layers.select_injection_layers(found, "paper")),
+        segmentation_layers=tuple(layers.select_segmentation_layers(found)),
+        reference_latents=torch.randn(concepts, 4, *spec.latent_hw, generator=generator),
+        reference_masks=masks, mask_mode="area", weights=tuple([2.5] + [2.0] * (concepts - 1)),
+        reference_context=torch.randn(concepts, 77, spec.unet["context_dim"], generator=generator),
+        reference_pooled=pooled, concept_tokens=tuple((2 + 3 * i,) for i in range(concepts)),
+        concept_names=tuple(f"concept{i}" for i in range(concepts)),
+        ca_scale=0.9 if concepts == 1 else 0.6, semantic_cfg=semantic_cfg,
+        sigma_start=sigma(0.0), sigma_switch=sigma(0.42), sigma_end=sigma(1.0), seed=seed)
+
+
+def patched_model(model_patcher, plan):
+    """(clone of model_patcher with every MagicFace hook installed, its MagicFacePatch)."""
+    patched = model_patcher.clone()
+    patch = glue("patch").MagicFacePatch(plan)
+    patch.install(patched)
+    return patched, patch

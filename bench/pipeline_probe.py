@@ -1,0 +1,121 @@
+"""Measurement helpers of bench_pipeline.py: wall time, peak memory and a per-part breakdown.
+
+The breakdown wraps the pack's functions from outside (the product code has no timing code):
+each wrapper synchronises the device around its part, so it is only installed for a separate
+breakdown run and never during the timed runs.
+"""
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+
+import torch
+
+from pipeline_models import glue
+
+
+def synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device):
+    """(seconds, result) of fn(); one synchronisation before and after, none inside."""
+    synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} missing from /proc/self/status")
+
+
+def peak_memory_mib(fn, device: torch.device):
+    """(peak memory of fn() above the memory in use before it, MiB; result).
+
+    CUDA: torch.cuda.max_memory_allocated. CPU (Linux): peak resident set (VmHWM), whose
+    high-water mark is reset through /proc/self/clear_refs; includes allocator caching, so it is
+    an upper bound, comparable between variants of one process.
+    """
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        result = fn()
+        synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20, result
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        base = _proc_status_kib("VmRSS")
+    except OSError:
+        return float("nan"), fn()
+    result = fn()
+    return (_proc_status_kib("VmHWM") - base) / 1024, result
+
+
+class PartTimer:
+    """Accumulates the wall time of named parts; a part nested inside another is not counted twice."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds = defaultdict(float)
+        self.calls = defaultdict(int)
+        self._active = None
+
+    def wrap(self, part: str, fn):
+        def timed_fn(*args, **kwargs):
+            if self._active is not None:
+                return fn(*args, **kwargs)
+            self._active = part
+            synchronize(self.device)
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                synchronize(self.device)
+                self.seconds[part] += time.perf_counter() - start
+                self.calls[part] += 1
+                self._active = None
+        return timed_fn
+
+
+# Part name -> [(module name, attribute path)]: the functions each part's time is taken from.
+# The hooks call these through their own module's globals, so that is where they are replaced.
+PARTS = {
+    "reference pass": [("patch", "run_reference_pass")],
+    "joined attention (RSA/RBA)": [("attention_hooks", "rsa_attention"), ("attention_hooks", "rba_attention")],
+    "segmentation": [("attention_hooks", "head_mean_cross_probs"), ("attention_hooks", "smooth_propagate"),
+                     ("run_state", "MagicFaceRun.finish_segmentation")],
+    "semantic guidance": [("guidance_hook", "SemanticGuidanceHook.__call__")],
+}
+
+
+def _owner_and_name(module_name: str, path: str):
+    owner = glue(module_name)
+    *parents, name = path.split(".")
+    for parent in parents:
+        owner = getattr(owner, parent)
+    return owner, name
+
+
+@contextmanager
+def instrumented(timer: PartTimer):
+    """Replace every PARTS function by its timed wrapper for the duration of the block."""
+    saved = []
+    try:
+        for part, targets in PARTS.items():
+            for module_name, path in targets:
+                owner, name = _owner_and_name(module_name, path)
+                original = owner.__dict__[name]
+                saved.append((owner, name, original))
+                setattr(owner, name, timer.wrap(part, original))
+        yield timer
+    finally:
+        for owner, name, original in reversed(saved):
+            setattr(owner, name, original)

@@ -1,0 +1,27 @@
+"""Smoke test of bench/bench_pipeline.py: the --tiny run produces its table with finite ratios.
+
+Runs the script as a subprocess: it bootstraps its own ComfyUI host, which must not share
+module state with the host of the test session.
+"""
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RATIO_ROW = re.compile(r"^\| (R=\d+) \| [\d.]+ \| ([^ |]+)x \|", re.MULTILINE)
+
+
+def test_tiny_pipeline_bench_writes_finite_table(tmp_path):
+    out = tmp_path / "perf.md"
+    command = [sys.executable, str(REPO_ROOT / "bench" / "bench_pipeline.py"), "--tiny", "--models", "sd15",
+               "--concepts", "1,2", "--no-coupling", "--out", str(out)]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = out.read_text()
+    assert "SD1.5-tiny" in table and "torch " in table and "device: CPU" in table
+    ratios = dict(RATIO_ROW.findall(table))
+    assert set(ratios) == {"R=1", "R=2"}, table
+    assert all(math.isfinite(float(r)) and float(r) > 0 for r in ratios.values()), ratios
+    assert "reference pass" in table  # the per-part breakdown ran
