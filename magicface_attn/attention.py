@@ -25,7 +25,7 @@ def _use_fast_path(impl: str) -> bool:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     # "auto" is "fast": it measured faster and far smaller than the materialised path on every
-    # benchmarked size (see docs/README_core.md).
+    # benchmarked size (see README, 'Benchmark').
     return impl != "plain"
 
 
