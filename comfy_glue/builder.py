@@ -40,9 +40,10 @@ def encode_text(clip, text):
     return cond, pooled
 
 
-def _square(image_hwc, size, mode):
+def _square(image_hwc, size):
+    """(H, W, C) -> (size, size, C), squashed like the reference code; area filter when shrinking."""
     chw = image_hwc.movedim(-1, 0)[None].float()
-    if mode == "area" and (chw.shape[-1] > size or chw.shape[-2] > size):
+    if chw.shape[-1] > size or chw.shape[-2] > size:
         resized = F.interpolate(chw, size=(size, size), mode="area")
     else:
         resized = F.interpolate(chw, size=(size, size), mode="bilinear", align_corners=False)
@@ -50,7 +51,7 @@ def _square(image_hwc, size, mode):
 
 
 def _reference_images(concepts, size):
-    return torch.stack([_square(c.image, size, "area") for c in concepts])
+    return torch.stack([_square(c.image, size) for c in concepts])
 
 
 def _reference_latents(model_patcher, vae, images):
@@ -63,7 +64,7 @@ def _reference_masks(concepts, size, mask_mode):
     if mask_mode == keys.MASK_MODE_REFERENCE:
         # The reference code binarises the 8-bit mask (only 255 survives) and squashes it to 128x128.
         return torch.stack([reference_mode_mask((c.mask * 255).round().to(torch.uint8)) for c in concepts])
-    return torch.stack([_square(c.mask[..., None], size, "area")[..., 0] for c in concepts])
+    return torch.stack([_square(c.mask[..., None], size)[..., 0] for c in concepts])
 
 
 def _reference_context(clip, concepts):

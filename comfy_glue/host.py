@@ -4,7 +4,6 @@ It hides the differences between the 2024 host (model_function_wrapper, attentio
 replace patches) and newer hosts (the wrapper/callback API of comfy.patcher_extension).
 """
 import inspect
-import logging
 
 import comfy.ldm.modules.attention as comfy_attention
 
@@ -12,8 +11,6 @@ try:
     import comfy.patcher_extension as patcher_extension
 except ImportError:  # the 2024 host has no wrapper API
     patcher_extension = None
-
-log = logging.getLogger("MagicFace")
 
 
 def host_attention(q, k, v, heads, extra_options):

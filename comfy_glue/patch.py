@@ -10,8 +10,6 @@ Hooks installed (all wrap what was there before, never overwrite it):
   starts at the first model call whose sigma is above the previous one (or whose latent
   shape differs), and the previous run's state is released then.
 """
-import logging
-
 import torch
 
 from . import keys
@@ -21,8 +19,6 @@ from .guidance_hook import SemanticGuidanceHook
 from .host import add_outer_sample_wrapper, get_attention_replace, has_outer_sample_wrapper
 from .reference_pass import run_reference_pass
 from .run_state import CallContext, MagicFaceRun
-
-log = logging.getLogger("MagicFace")
 
 
 class MagicFacePatch(_SharedOnCopy):

@@ -6,6 +6,7 @@ extra sampling work): the point's query, the image's keys and the references' ke
 import torch
 import torch.nn.functional as F
 
+from ..comfy_glue import keys
 from ..comfy_glue.errors import MagicFaceInputError
 from ..magicface_attn import point_attention_to_references
 from .previews import _image_batch, add_legend, concept_colour
@@ -50,7 +51,7 @@ class MagicFaceAttentionMap:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "probe": ("MAGICFACE_PROBE", {"tooltip": "The probe output of MagicFace Apply."}),
+                "probe": (keys.PROBE_TYPE, {"tooltip": "The probe output of MagicFace Apply."}),
                 "images": ("IMAGE", {"tooltip": "VAE Decode of the MagicFace KSampler (orders this after sampling)."}),
                 "x": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01,
                                 "tooltip": "Point to inspect, fraction of the width from the left."}),

@@ -35,6 +35,7 @@ class MagicFaceApply:
         }
 
     def apply(self, model, clip, vae, prompt, concepts=None, schedule=None, seed=0, reference_size=0):
-        patched, positive, patch = apply_magicface(model, clip, vae, concepts or ConceptList(), prompt, schedule or StageSchedule(),
-                                                   seed=seed, reference_size=reference_size)
+        patched, positive, patch = apply_magicface(model, clip, vae, concepts or ConceptList(), prompt,
+                                                   schedule or StageSchedule(), seed=seed,
+                                                   reference_size=reference_size)
         return patched, positive, patch
