@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 
-PACK = "ComfyUI-MagicFace"
 
 _COMMON = dict(in_channels=4, out_channels=4, use_spatial_transformer=True, legacy=False, use_checkpoint=False,
                use_temporal_resblock=False, use_temporal_attention=False, image_size=32)
@@ -55,8 +54,11 @@ SPECS = {
 
 
 def glue(module: str):
-    """A module of the pack as ComfyUI loaded it (the pack root is never on sys.path)."""
-    return importlib.import_module(f"{PACK}.comfy_glue.{module}")
+    """A module of the pack as ComfyUI loaded it (the pack root is never on sys.path; hosts
+    name the package differently, so it is found from a registered node class)."""
+    import nodes
+    package = nodes.NODE_CLASS_MAPPINGS["MagicFaceApply"].__module__.rsplit(".nodes.", 1)[0]
+    return importlib.import_module(f"{package}.comfy_glue.{module}")
 
 
 @torch.no_grad()

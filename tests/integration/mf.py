@@ -17,6 +17,15 @@ def node(name):
     return nodes.NODE_CLASS_MAPPINGS[name]()
 
 
+def pack_module(submodule: str):
+    """A module of the pack as ComfyUI imported it (hosts name the package differently)."""
+    import importlib
+
+    import nodes
+    package = nodes.NODE_CLASS_MAPPINGS["MagicFaceApply"].__module__.rsplit(".nodes.", 1)[0]
+    return importlib.import_module(f"{package}.{submodule}")
+
+
 def load_image(path: Path, mode="RGB") -> torch.Tensor:
     with Image.open(path) as picture:
         array = np.asarray(picture.convert(mode), dtype=np.float32) / 255.0

@@ -1,7 +1,7 @@
 """The attention-map preview shows the run's own attention from a chosen point into each reference."""
 import torch
 
-from .mf import apply, concepts_from, node, sample, synthetic_concept
+from .mf import apply, concepts_from, node, pack_module, sample, synthetic_concept
 
 
 def test_attention_map_from_the_runs_attention(tiny, negative):
@@ -27,8 +27,7 @@ def test_attention_map_from_the_runs_attention(tiny, negative):
 
 
 def record_probabilities(record, index):
-    import sys
-    core = sys.modules["ComfyUI-MagicFace.magicface_attn"]
+    core = pack_module("magicface_attn")
     only = None if record.owner is None else int(record.owner[index])
     if only == -1:
         return torch.zeros(1)

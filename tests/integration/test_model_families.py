@@ -1,12 +1,9 @@
 """SD2.x-v and SDXL UNets, and the reference code's own schedule ("reference mode")."""
-import importlib
-
 import pytest
 import torch
 
-from .mf import apply, concepts_from, injected_calls, sample, schedule, synthetic_concept
+from .mf import apply, concepts_from, injected_calls, pack_module, sample, schedule, synthetic_concept
 
-PACK = "ComfyUI-MagicFace"
 # SD 2.1's UNet layout as ComfyUI detects it (4 levels, attention at the first 3).
 SD21_UNET = dict(use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
                  adm_in_channels=None, in_channels=4, model_channels=320, num_res_blocks=[2, 2, 2, 2],
@@ -16,7 +13,7 @@ SD21_UNET = dict(use_checkpoint=False, image_size=32, out_channels=4, use_spatia
 
 
 def glue(module):
-    return importlib.import_module(f"{PACK}.comfy_glue.{module}")
+    return pack_module(f"comfy_glue.{module}")
 
 
 def _plan_for(model_patcher, context_dim, pooled_dim=None, concepts=2, seed=0):

@@ -7,15 +7,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from integration.mf import node, sample
+from integration.mf import node, pack_module, sample
 
 PROMPT = "a man with a hat"
 WORDS = ["man", "hat", "woman", "a man", "", "sunglasses"]
 
 
 def _error_type():
-    import sys
-    return sys.modules["ComfyUI-MagicFace.comfy_glue.errors"].MagicFaceInputError
+    return pack_module("comfy_glue.errors").MagicFaceInputError
 
 
 @st.composite
