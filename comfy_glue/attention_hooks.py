@@ -44,7 +44,7 @@ class SelfAttentionHook(_SharedOnCopy):
             if self.inject:
                 call.run.store_reference(self.layer, k, v, heads, call.latent_hw)
             return host_attention(q, k, v, heads, extra)
-        if self.collect and call.collect:
+        if self.collect:
             call.pending_self[self.layer.key] = (q[call.seg_rows], k[call.seg_rows])
         if self.inject and call.stage is not None:
             out = self._inject(q, k, v, extra, call, heads)
@@ -122,7 +122,7 @@ class CrossAttentionHook(_SharedOnCopy):
         else:
             out = host_attention(q, k, v, heads, extra)
         call = extra.get(keys.CALL_CONTEXT_KEY)
-        if call is not None and call.mode == keys.MODE_TARGET and call.collect:
+        if call is not None and call.mode == keys.MODE_TARGET:
             pending = call.pending_self.pop(self.layer.key, None)
             if pending is not None:
                 rows = call.seg_rows

@@ -157,7 +157,7 @@ class ModelCallHook(_SharedOnCopy):
         elements = torch.arange(cond_rows.numel(), device=x.device) % chunk
         return CallContext(run=run, mode=keys.MODE_TARGET, sigma=sigma, latent_hw=tuple(x.shape[-2:]),
                            stage=stage, cond_rows=cond_rows, cond_elements=elements, seg_rows=seg_rows,
-                           seg_has_uncond=has_uncond, collect=True)
+                           seg_has_uncond=has_uncond)
 
     @staticmethod
     def _regions(run, sigma, device):

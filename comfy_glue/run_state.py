@@ -53,7 +53,6 @@ class CallContext:
     seg_rows: Optional[torch.Tensor] = None       # [uncond_0, cond_0, uncond_1, cond_1, ...] or cond rows only
     seg_has_uncond: bool = False
     regions: Optional[torch.Tensor] = None        # (batch_elements, R, Hs, Ws) bool concept regions for RBA
-    collect: bool = False
     pending_self: dict = field(default_factory=dict)   # layer key -> (q, k) of seg rows
     maps: list = field(default_factory=list)            # [(maps (rows, N, T), (h, w))]
 
