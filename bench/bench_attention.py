@@ -66,10 +66,10 @@ def measure(fn, device: torch.device, repeats: int):
     return statistics.median(times), peak
 
 
-def make_case(mf, tokens: int, refs: int, heads: int, dim: int, device, generator):
+def make_case(mf, tokens: int, refs: int, heads: int, dim: int, device, dtype, generator):
     channels = heads * dim
-    q, k, v = (torch.randn(1, tokens, channels, generator=generator).to(device) for _ in range(3))
-    ref_k, ref_v = (torch.randn(refs, tokens, channels, generator=generator).to(device) for _ in range(2))
+    q, k, v = (torch.randn(1, tokens, channels, generator=generator).to(device, dtype) for _ in range(3))
+    ref_k, ref_v = (torch.randn(refs, tokens, channels, generator=generator).to(device, dtype) for _ in range(2))
     masks = (torch.rand(refs, tokens, generator=generator) < 0.5).to(device)
     weights = [1.2 + 0.5 * i for i in range(refs)]
     owner = torch.randint(0, 3 * refs, (tokens,), generator=generator)
@@ -80,6 +80,7 @@ def make_case(mf, tokens: int, refs: int, heads: int, dim: int, device, generato
 def run(args) -> str:
     mf = load_core()
     device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("float16" if device.type == "cuda" else "float32"))
     generator = torch.Generator().manual_seed(0)
     header = (
         "| heads x d | R | op | kept ref keys | materialised ms | fast ms | speed-up "
@@ -90,7 +91,7 @@ def run(args) -> str:
         for shape in args.shapes:
             heads, dim = (int(part) for part in shape.split("x"))
             for refs in args.refs:
-                q, k, v, ref_kv, regions = make_case(mf, args.tokens, refs, heads, dim, device, generator)
+                q, k, v, ref_kv, regions = make_case(mf, args.tokens, refs, heads, dim, device, dtype, generator)
                 ops = {
                     "RSA": lambda impl: mf.rsa_attention(q, k, v, ref_kv, heads, impl=impl),
                     "RBA": lambda impl: mf.rba_attention(q, k, v, ref_kv, regions, heads, impl=impl),
@@ -99,12 +100,13 @@ def run(args) -> str:
                     slow_t, slow_m = measure(lambda: op("plain"), device, args.repeats)
                     fast_t, fast_m = measure(lambda: op("fast"), device, args.repeats)
                     lines.append(
-                        f"| {heads}x{dim} | {refs} | {name} | {ref_kv.total_kept} | {slow_t * 1e3:.0f} "
-                        f"| {fast_t * 1e3:.0f} | {slow_t / fast_t:.1f}x | {slow_m:.0f} | {fast_m:.0f} |"
+                        f"| {heads}x{dim} | {refs} | {name} | {ref_kv.total_kept} | {slow_t * 1e3:.2f} "
+                        f"| {fast_t * 1e3:.2f} | {slow_t / fast_t:.1f}x | {slow_m:.0f} | {fast_m:.0f} |"
                     )
                     print(lines[-1], flush=True)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    return f"N = {args.tokens} tokens, one target row, torch {torch.__version__}, {device_name}\n\n" + "\n".join(lines) + "\n"
+    return (f"N = {args.tokens} tokens, one target row, {str(dtype).replace('torch.', '')}, "
+            f"torch {torch.__version__}, {device_name}\n\n") + "\n".join(lines) + "\n"
 
 
 def main():
@@ -114,6 +116,8 @@ def main():
     parser.add_argument("--refs", type=int, nargs="+", default=[1, 2, 3, 4])
     parser.add_argument("--shapes", nargs="+", default=["5x64", "8x40"], help="heads x head dim")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                        help="default float16 on CUDA, float32 on CPU")
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
     args = parser.parse_args()
     if args.device == "cpu" and "MALLOC_MMAP_THRESHOLD_" not in os.environ:

@@ -7,9 +7,9 @@ Builds random-weight UNets with the real SD1.5 / SDXL layouts (or small ones wit
 then, in one process and from the same noise, samples with nodes.common_ksampler (euler, cfg 7):
 plain, and MagicFace with R = 1..4 concepts (a MagicFacePlan built directly, no CLIP/VAE).
 Reports the median time ratio MagicFace / plain, the extra peak memory, and a per-part
-breakdown taken in a separate, synchronised run. --ref-every K adds an approximate variant
-that refreshes reference features every K steps only (a bench-side override, not a product
-option) and reports its difference from the exact result.
+breakdown taken in a separate, synchronised run. --separate adds the largest R with the
+references in a separate UNet pass instead of coupled into the target's batch (a bench-side
+override of the product's choice) and reports its difference from the coupled result.
 """
 import argparse
 import datetime
@@ -26,9 +26,10 @@ import torch
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the test harness bootstraps the ComfyUI host
+sys.path.insert(0, str(BENCH_DIR))  # its sibling modules, also under python -P
 
 from pipeline_models import SPECS, build_model_patcher, conditioning, glue, make_plan, patched_model  # noqa: E402
-from pipeline_probe import PARTS, PartTimer, instrumented, peak_memory_mib, timed  # noqa: E402
+from pipeline_probe import PARTS, PartTimer, device_busy_seconds, instrumented, peak_memory_mib, timed  # noqa: E402
 
 SAMPLER, SCHEDULER, SEED = "euler", "normal", 7
 
@@ -44,12 +45,16 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per variant (default 3, --tiny 1)")
     parser.add_argument("--no-breakdown", action="store_true", help="skip the synchronised per-part run")
     parser.add_argument("--no-coupling", action="store_true", help="skip the batch-coupling measurement")
-    parser.add_argument("--ref-every", type=int, default=0,
-                        help="also time an approximate mode refreshing references every K steps (K >= 2)")
+    parser.add_argument("--separate", action="store_true",
+                        help="also time the largest R with the separate reference pass instead of batch coupling")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU intra-op threads (default 1: on a shared, loaded CPU more threads wait on "
                              "each other at every op and timings explode)")
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
+    parser.add_argument("--gpu-busy", action="store_true",
+                        help="CUDA: one more profiled run per variant for the GPU busy share (torch.profiler)")
+    parser.add_argument("--profile-dir", type=Path,
+                        help="with --gpu-busy: write the plain and largest-R operator tables into this folder")
     args = parser.parse_args(argv)
     args.steps = args.steps or (4 if args.tiny else 20)
     args.repeats = args.repeats or (1 if args.tiny else 3)
@@ -85,10 +90,12 @@ def bootstrap_host(device: str):
 class Variant:
     """One sampling configuration: plain (plan None) or MagicFace with one plan."""
 
-    def __init__(self, label, model, patch=None, concepts=0):
+    def __init__(self, label, model, patch=None, concepts=0, separate=False):
         self.label, self.model, self.patch, self.concepts = label, model, patch, concepts
+        self.separate = separate
         self.times, self.result, self.peak_mib, self.parts, self.report = [], None, float("nan"), None, None
         self.syncs = None
+        self.busy_s = None
 
 
 def sample(variant, positive, negative, latent, args):
@@ -98,42 +105,25 @@ def sample(variant, positive, negative, latent, args):
     return out[0]["samples"]
 
 
-class ReferenceRefreshEveryK:
-    """Approximate mode (bench-side override): reuse the reference features for K model calls.
+class SeparatePassOnly:
+    """Bench-side override: the references always take the separate pass (as when other nodes'
+    patches share the model), to compare it with batch coupling in the same process."""
 
-    The product recomputes them at every call and drops them afterwards (exact mode). This
-    wraps the reference pass the patch calls, so it only runs every K-th call, and disables
-    release_references, so the features survive between calls.
-    """
-
-    def __init__(self, k: int):
-        self.k = k
+    def __init__(self):
         self.patch_module = glue("patch")
-        self.run_class = glue("run_state").MagicFaceRun
-        self.saved_pass = self.patch_module.run_reference_pass
-        self.saved_release = self.run_class.__dict__["release_references"]
+        self.saved = self.patch_module.can_couple
 
     def __enter__(self):
-        k, original = self.k, self.saved_pass
-
-        def every_k(run, *args, **kwargs):
-            calls = getattr(run, "_bench_calls_since_pass", k)
-            if not run.reference_kv or calls >= k:
-                original(run, *args, **kwargs)
-                calls = 0
-            run._bench_calls_since_pass = calls + 1
-        self.patch_module.run_reference_pass = every_k
-        self.run_class.release_references = lambda run: None
+        self.patch_module.can_couple = lambda *args, **kwargs: False
         return self
 
     def __exit__(self, *exc):
-        self.patch_module.run_reference_pass = self.saved_pass
-        self.run_class.release_references = self.saved_release
+        self.patch_module.can_couple = self.saved
 
 
 def _run_variant(variant, positive, negative, latent, args, device):
-    if variant.label.startswith("approx"):
-        with ReferenceRefreshEveryK(args.ref_every):
+    if variant.separate:
+        with SeparatePassOnly():
             return timed(lambda: sample(variant, positive, negative, latent, args), device)
     return timed(lambda: sample(variant, positive, negative, latent, args), device)
 
@@ -147,10 +137,10 @@ def bench_model(name, args, device, dtype):
     for count in args.concept_counts:
         model, patch = patched_model(base, make_plan(base, spec, count, seed=SEED))
         variants.append(Variant(f"R={count}", model, patch, count))
-    if args.ref_every >= 2:
+    if args.separate:
         count = args.concept_counts[-1]
         model, patch = patched_model(base, make_plan(base, spec, count, seed=SEED))
-        variants.append(Variant(f"approx R={count}, refs every {args.ref_every}", model, patch, count))
+        variants.append(Variant(f"R={count}, separate pass", model, patch, count, separate=True))
 
     for variant in variants:  # warm-up (kernel choice, allocator) and the result for the checks
         _, variant.result = _run_variant(variant, positive, negative, latent, args, device)
@@ -167,11 +157,18 @@ def bench_model(name, args, device, dtype):
         for variant in variants[1:]:
             timer = PartTimer(device)
             with instrumented(timer):
-                _run_variant(variant, positive, negative, latent, args, device)
+                timer.total, _ = _run_variant(variant, positive, negative, latent, args, device)
             variant.parts = timer
     if device.type == "cuda":
-        for variant in variants:
-            variant.syncs = count_host_syncs(lambda: _run_variant(variant, positive, negative, latent, args, device))
+        for index, variant in enumerate(variants):
+            run = lambda: _run_variant(variant, positive, negative, latent, args, device)  # noqa: E731
+            variant.syncs = count_host_syncs(run)
+            if args.gpu_busy:
+                table = None  # operator tables of plain and of the largest coupled R only
+                if args.profile_dir and index in (0, len(args.concept_counts)):
+                    args.profile_dir.mkdir(parents=True, exist_ok=True)
+                    table = args.profile_dir / f"profile_{spec.family}_{variant.label.replace('=', '')}.txt"
+                variant.busy_s = device_busy_seconds(run, device, table)
     coupling = None if args.no_coupling else measure_coupling(base, spec, args, device, positive)
     return spec, variants, coupling
 
@@ -242,28 +239,32 @@ def render(results, args, device, dtype):
         plain = variants[0]
         plain_s = statistics.median(plain.times)
         lines += [f"### {spec.name}, {spec.image_size} image (latent {spec.latent_hw[0]}x{spec.latent_hw[1]})", "",
-                  "| variant | median s | ratio vs plain | extra peak MiB | max abs diff vs exact | host syncs |",
-                  "|---|---|---|---|---|---|"]
-        exact = {v.concepts: v for v in variants if v.label.startswith("R=")}
+                  "| variant | median s | ratio vs plain | extra peak MiB | max abs diff vs coupled | host syncs |"
+                  + (" GPU busy |" if args.gpu_busy else ""),
+                  "|---|---|---|---|---|---|" + ("---|" if args.gpu_busy else "")]
+        coupled = {v.concepts: v for v in variants[1:] if not v.separate}
         for variant in variants:
             ratio = 1.0 if variant is plain else _median_ratio(variant, plain)
             extra = variant.peak_mib - plain.peak_mib if variant is not plain else 0.0
             diff = ""
-            if variant.label.startswith("approx"):
-                reference = exact[variant.concepts].result
+            if variant.separate:
+                reference = coupled[variant.concepts].result
                 delta = variant.result - reference
-                diff = f"{delta.abs().max().item():.3g} (rel. L2 {(delta.norm() / reference.norm()).item():.3f})"
+                diff = f"{delta.abs().max().item():.3g} (rel. L2 {(delta.norm() / reference.norm()).item():.2g})"
             syncs = "" if variant.syncs is None else str(variant.syncs)
+            busy = ""
+            if args.gpu_busy:
+                busy = " |" if variant.busy_s is None else f" {100 * variant.busy_s / statistics.median(variant.times):.0f} % |"
             lines.append(f"| {variant.label} | {statistics.median(variant.times):.3f} | {ratio:.3f}x "
-                         f"| {extra:.0f} | {diff} | {syncs} |")
-        exact_list = list(exact.values())
-        if len(exact_list) >= 2:
-            xs = [v.concepts for v in exact_list]
-            ys = [_median_ratio(v, plain) for v in exact_list]
+                         f"| {extra:.0f} | {diff} | {syncs} |{busy}")
+        coupled_list = list(coupled.values())
+        if len(coupled_list) >= 2:
+            xs = [v.concepts for v in coupled_list]
+            ys = [_median_ratio(v, plain) for v in coupled_list]
             slope = _slope(xs, ys)
             lines += ["", f"Slope of time vs R: {slope:.3f}x plain per extra concept "
                           f"({slope * plain_s:.3f} s per concept per image)."]
-        lines += _breakdown_lines(variants, plain_s) + _coupling_lines(coupling) + _stage_lines(exact_list) + [""]
+        lines += _breakdown_lines(variants, plain_s) + _coupling_lines(coupling) + _stage_lines(coupled_list) + [""]
     return "\n".join(lines)
 
 
@@ -276,10 +277,13 @@ def _breakdown_lines(variants, plain_s):
     timed_variants = [v for v in variants[1:] if v.parts is not None]
     if not timed_variants:
         return []
-    lines = ["", "Per-part time, separate synchronised run, seconds per image (% of plain sampling):", "",
-             "| variant | " + " | ".join(PARTS) + " |", "|---|" + "---|" * len(PARTS)]
+    lines = ["", "Per-part time, separate synchronised run, seconds per image (% of plain sampling). "
+                 "The rest is the UNet calls, reference rows included, and the sampler:", "",
+             "| variant | " + " | ".join(PARTS) + " | rest | total |", "|---|" + "---|" * (len(PARTS) + 2)]
     for variant in timed_variants:
-        cells = [f"{variant.parts.seconds[p]:.3f} ({100 * variant.parts.seconds[p] / plain_s:.0f} %)" for p in PARTS]
+        parts = [variant.parts.seconds[p] for p in PARTS] + [variant.parts.total - sum(variant.parts.seconds.values()),
+                                                              variant.parts.total]
+        cells = [f"{seconds:.3f} ({100 * seconds / plain_s:.0f} %)" for seconds in parts]
         lines.append(f"| {variant.label} | " + " | ".join(cells) + " |")
     return lines
 
@@ -294,13 +298,13 @@ def _coupling_lines(coupling):
     return lines
 
 
-def _stage_lines(exact_variants):
+def _stage_lines(coupled_variants):
     """Which steps computed what, from the patch's own report (segmentation decision included)."""
-    if not exact_variants:
+    if not coupled_variants:
         return []
-    report = exact_variants[-1].report
+    report = coupled_variants[-1].report
     calls = report["calls"]
-    return ["", f"Steps (R={exact_variants[-1].concepts}): {len(report['rsa_sigmas'])} RSA, "
+    return ["", f"Steps (R={coupled_variants[-1].concepts}): {len(report['rsa_sigmas'])} RSA, "
                 f"{len(report['rba_sigmas'])} RBA; segmentation computed at {calls.get(('segmentation', 'step'), 0)} "
                 f"steps, semantic CFG applied at {calls.get(('guidance', 'step'), 0)}."]
 
@@ -329,11 +333,11 @@ def main(argv=None):
     with torch.inference_mode():
         for name in args.model_names:
             results.append(bench_model(name, args, device, dtype))
-    check_results(results)
-    report = render(results, args, device, dtype)
+            report = render(results, args, device, dtype)
+            if args.out:  # after each model, so a run cut short still leaves its finished tables
+                args.out.write_text(report + "\n")
+            check_results(results)
     print(report)
-    if args.out:
-        args.out.write_text(report + "\n")
     return report
 
 

@@ -67,6 +67,7 @@ class PartTimer:
         self.seconds = defaultdict(float)
         self.calls = defaultdict(int)
         self._active = None
+        self.total = 0.0
 
     def wrap(self, part: str, fn):
         def timed_fn(*args, **kwargs):
@@ -88,9 +89,9 @@ class PartTimer:
 # Part name -> [(module name, attribute path)]: the functions each part's time is taken from.
 # The hooks call these through their own module's globals, so that is where they are replaced.
 PARTS = {
-    "reference pass": [("patch", "run_reference_pass")],
+    "reference inputs / separate pass": [("patch", "run_reference_pass"), ("patch", "coupled_inputs")],
     "joined attention (RSA/RBA)": [("attention_hooks", "rsa_attention"), ("attention_hooks", "rba_attention")],
-    "segmentation": [("attention_hooks", "head_mean_cross_probs"), ("attention_hooks", "smooth_propagate"),
+    "segmentation": [("propagation_queue", "head_mean_cross_probs"), ("propagation_queue", "smooth_propagate"),
                      ("run_state", "MagicFaceRun.finish_segmentation")],
     "semantic guidance": [("guidance_hook", "SemanticGuidanceHook.__call__")],
 }
@@ -119,3 +120,26 @@ def instrumented(timer: PartTimer):
     finally:
         for owner, name, original in reversed(saved):
             setattr(owner, name, original)
+
+
+def device_busy_seconds(fn, device: torch.device, table_path=None):
+    """Sum of the GPU kernel times of one fn() run (torch.profiler), None on CPU.
+
+    Divided by the run's unprofiled wall time this says how busy the GPU was: far below 1, the
+    run is bound by the host's Python and kernel launches, not by GPU arithmetic. table_path
+    also gets the profiler's top operators by host and by device time.
+    """
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        synchronize(device)
+    averages = prof.key_averages()
+    busy_us = sum(getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0))
+                  for event in averages)
+    if table_path is not None:
+        with open(table_path, "w") as out:
+            for key in ("self_cpu_time_total", "self_cuda_time_total"):
+                out.write(averages.table(sort_by=key, row_limit=30) + "\n\n")
+    return busy_us / 1e6

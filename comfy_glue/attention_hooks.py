@@ -11,7 +11,7 @@ from .concepts import _SharedOnCopy
 from .host import host_attention
 from .layers import layer_hw
 from .run_state import AttentionRecord
-from ..magicface_attn import concept_owner, head_mean_cross_probs, rba_attention, rsa_attention, smooth_propagate
+from ..magicface_attn import concept_owner, rba_attention, rsa_attention
 
 
 def _grid_nearest(mask, hw):
@@ -44,8 +44,11 @@ class SelfAttentionHook(_SharedOnCopy):
             if self.inject:
                 call.run.store_reference(self.layer, k, v, heads, call.latent_hw)
             return host_attention(q, k, v, heads, extra)
+        rows = call.rows
         if self.collect:
-            call.pending_self[self.layer.key] = (q[call.seg_rows], k[call.seg_rows])
+            call.pending_self[self.layer.key] = (q[rows.seg], k[rows.seg])
+        if self.inject and rows.refs is not None:  # batch coupling: the references ride in this batch
+            call.run.store_reference(self.layer, k[rows.refs], v[rows.refs], heads, call.latent_hw)
         if self.inject and call.stage is not None:
             out = self._inject(q, k, v, extra, call, heads)
             if out is not None:
@@ -56,57 +59,44 @@ class SelfAttentionHook(_SharedOnCopy):
         refs = call.run.reference_kv.get(self.layer.key)
         if refs is None or refs.total_kept == 0:
             return None  # every reference mask vanished at this resolution: plain attention, bit-exact
-        rows = call.cond_rows
+        rows = call.rows.cond
+        hw = layer_hw(call.latent_hw, self.layer.factor)
+        regions = None
         if call.stage == keys.STAGE_RSA:
             injected = rsa_attention(q[rows], k[rows], v[rows], refs, heads)
         else:
             if call.regions is None:
                 return None
-            hw = layer_hw(call.latent_hw, self.layer.factor)
-            regions = _grid_nearest(call.regions, hw)[call.cond_elements]
-            if not bool(regions.any()):
-                return None
+            regions = self._layer_regions(call, hw)
             injected = rba_attention(q[rows], k[rows], v[rows], refs, regions, heads)
         if self.record:
-            owner = concept_owner(regions[:1])[0] if call.stage == keys.STAGE_RBA else None
+            owner = concept_owner(regions[:1])[0] if regions is not None else None
             call.run.attention_record = AttentionRecord(
-                layer=self.layer, stage=call.stage, query=q[rows[0]], own_keys=k[rows[0]], refs=refs,
-                heads=heads, hw=layer_hw(call.latent_hw, self.layer.factor), owner=owner)
-        out = self._rest_plain(q, k, v, extra, rows, heads)
+                layer=self.layer, stage=call.stage, query=q[rows][0], own_keys=k[rows][0], refs=refs,
+                heads=heads, hw=hw, owner=owner)
+        out = self._rest_plain(q, k, v, extra, call.rows.plain_spans, heads)
         out[rows] = injected.to(out.dtype)
         call.run.calls[(call.stage, self.layer.name)] += 1
         return out
 
-    def _rest_plain(self, q, k, v, extra, rows, heads):
+    @staticmethod
+    def _layer_regions(call, hw):
+        """(cond rows, R, h*w) bool concept regions at this grid, made once per call and grid."""
+        regions = call.layer_regions.get(hw)
+        if regions is None:
+            regions = _grid_nearest(call.regions, hw)
+            if call.rows.cond_elements is not None:
+                regions = regions[call.rows.cond_elements]
+            call.layer_regions[hw] = regions
+        return regions
+
+    def _rest_plain(self, q, k, v, extra, spans, heads):
         if self.previous is not None:  # another node's patch sees the whole batch, as it expects
             return self.previous(q, k, v, extra)
         out = torch.empty_like(q)
-        for start, stop in _plain_spans(extra.get("cond_or_uncond"), q.shape[0], rows):
+        for start, stop in spans:
             out[start:stop] = host_attention(q[start:stop], k[start:stop], v[start:stop], heads, extra)
         return out
-
-
-def _plain_spans(cond_or_uncond, batch, rows):
-    """Contiguous (start, stop) row spans that are not the target's cond branch.
-
-    Read from the host's cond_or_uncond list, so no device mask (and no host sync) is needed;
-    without that list the spans come from the cond row indices.
-    """
-    if cond_or_uncond:
-        chunk = batch // len(cond_or_uncond)
-        plain = [flag != keys.COND_FLAG for flag in cond_or_uncond for _ in range(chunk)]
-    else:
-        plain = [True] * batch
-        for row in rows.tolist():
-            plain[row] = False
-    spans, start = [], None
-    for row, is_plain in enumerate(plain + [False]):
-        if is_plain and start is None:
-            start = row
-        elif not is_plain and start is not None:
-            spans.append((start, row))
-            start = None
-    return spans
 
 
 class CrossAttentionHook(_SharedOnCopy):
@@ -125,9 +115,8 @@ class CrossAttentionHook(_SharedOnCopy):
         if call is not None and call.mode == keys.MODE_TARGET:
             pending = call.pending_self.pop(self.layer.key, None)
             if pending is not None:
-                rows = call.seg_rows
-                cross = head_mean_cross_probs(q[rows], k[rows], heads)
-                maps = smooth_propagate(pending[0], pending[1], cross, heads)
-                call.maps.append((maps.float(), layer_hw(call.latent_hw, self.layer.factor)))
+                rows = call.rows.seg
+                call.propagation.add(pending[0], pending[1], q[rows], k[rows], heads,
+                                     layer_hw(call.latent_hw, self.layer.factor))
                 call.run.calls[("segmentation", self.layer.name)] += 1
         return out

@@ -3,7 +3,8 @@
 Hooks installed (all wrap what was there before, never overwrite it):
 - attn1 replace on injection layers (RSA/RBA) and segmentation layers (query/key capture);
 - attn2 replace on segmentation layers (segmentation maps);
-- model_function_wrapper: per-call context, reference pass, segmentation at the end of a call;
+- model_function_wrapper: per-call context, the references' rows (coupled into the call's batch
+  or a separate pass, see coupling.py), segmentation at the end of a call;
 - sampler_cfg_function: semantic-aware CFG (when enabled);
 - OUTER_SAMPLE wrapper where the host has one, so a run's state is created and released in
   a try/finally around the whole sampling. The 2024 host has no such hook: there a run
@@ -14,10 +15,12 @@ import torch
 
 from . import keys
 from .attention_hooks import CrossAttentionHook, SelfAttentionHook
+from .batch_rows import batch_rows
 from .concepts import _SharedOnCopy
 from .guidance_hook import SemanticGuidanceHook
 from .host import add_outer_sample_wrapper, get_attention_replace, has_outer_sample_wrapper
-from .reference_pass import run_reference_pass
+from .coupling import can_couple, coupled_inputs
+from .reference_pass import ReferenceInputs, run_reference_pass
 from .run_state import CallContext, MagicFaceRun
 
 
@@ -95,11 +98,6 @@ class OuterSampleHook(_SharedOnCopy):
             self.patch.end_run()
 
 
-def _rows(cond_or_uncond, chunk_size, flag, device):
-    return torch.tensor([i * chunk_size + j for i, f in enumerate(cond_or_uncond) if f == flag
-                         for j in range(chunk_size)], dtype=torch.long, device=device)
-
-
 class ModelCallHook(_SharedOnCopy):
     """model_function_wrapper: sets up one call's context around the host's apply_model."""
 
@@ -116,52 +114,50 @@ class ModelCallHook(_SharedOnCopy):
         if c.get("transformer_options", {}).get(keys.CALL_CONTEXT_KEY) is not None:
             return self._forward(apply_model, args)  # a nested call of another MagicFace patch
         sigma = float(timestep.reshape(-1)[0])
-        plan = self.patch.plan
-        stage = plan.stage_at(sigma)
-        cond_or_uncond = list(args["cond_or_uncond"])
-        chunk = x.shape[0] // len(cond_or_uncond)
-        cond_rows = _rows(cond_or_uncond, chunk, keys.COND_FLAG, x.device)
-        if stage is None or cond_rows.numel() == 0:
+        stage = self.patch.plan.stage_at(sigma)
+        cond_or_uncond = tuple(args["cond_or_uncond"])
+        if stage is None or keys.COND_FLAG not in cond_or_uncond:
             return self._forward(apply_model, args)
 
+        chunk = x.shape[0] // len(cond_or_uncond)
         run = self.patch.run_for_call(sigma, (chunk,) + tuple(x.shape[1:]))
-        call = self._call_context(run, stage, sigma, x, cond_or_uncond, chunk, cond_rows)
+        call = None
         try:
+            refs = run.cached(("reference inputs", x.device, c["c_crossattn"].dtype, "y" in c),
+                              lambda: ReferenceInputs(run.plan, apply_model.__self__, c, x.device))
+            coupled = can_couple(x, c, refs, has_foreign_wrapper=self.previous is not None)
+            rows = run.cached(("rows", cond_or_uncond, chunk, coupled, x.device),
+                              lambda: batch_rows(cond_or_uncond, chunk, refs.count if coupled else 0, x.device))
+            call = CallContext(run=run, mode=keys.MODE_TARGET, sigma=sigma, latent_hw=tuple(x.shape[-2:]),
+                               stage=stage, rows=rows)
             if stage == keys.STAGE_RBA:
-                call.regions = self._regions(run, sigma, x.device)
-            run_reference_pass(run, self.patch.self_hooks, apply_model, c, sigma, x.device)
-            run.stage_sigmas[stage].append(sigma)
+                call.regions = self._regions(run, sigma)
             options = dict(c.get("transformer_options", {}))
             options[keys.CALL_CONTEXT_KEY] = call
-            out = self._forward(apply_model, {**args, "c": {**c, "transformer_options": options}})
+            target_c = {**c, "transformer_options": options}
+            if coupled:
+                coupled_x, coupled_t, coupled_c = coupled_inputs(x, timestep, target_c, refs, sigma)
+                out = apply_model(coupled_x, coupled_t, **coupled_c)[: rows.target_count]
+            else:
+                run_reference_pass(run, self.patch.self_hooks, apply_model, c, refs, sigma)
+                out = self._forward(apply_model, {**args, "c": target_c})
+            run.calls[("references", "coupled" if coupled else "separate pass")] += 1
+            run.stage_sigmas[stage].append(sigma)
             run.finish_segmentation(call)
             return out
         except BaseException:
             self.patch.end_run()  # a failed or interrupted call frees every reference tensor now
             raise
         finally:
-            call.release()
+            if call is not None:
+                call.release()
             # Reference features are valid for one noise level only; dropping them after each call
             # means an interrupt between steps leaves nothing large behind.
             run.release_references()
 
     @staticmethod
-    def _call_context(run, stage, sigma, x, cond_or_uncond, chunk, cond_rows):
-        uncond_rows = _rows(cond_or_uncond, chunk, keys.UNCOND_FLAG, x.device)
-        first_cond = cond_rows[:chunk]
-        has_uncond = uncond_rows.numel() > 0
-        if has_uncond:
-            seg_rows = torch.stack([uncond_rows[:chunk], first_cond], dim=1).reshape(-1)
-        else:
-            seg_rows = first_cond
-        elements = torch.arange(cond_rows.numel(), device=x.device) % chunk
-        return CallContext(run=run, mode=keys.MODE_TARGET, sigma=sigma, latent_hw=tuple(x.shape[-2:]),
-                           stage=stage, cond_rows=cond_rows, cond_elements=elements, seg_rows=seg_rows,
-                           seg_has_uncond=has_uncond)
-
-    @staticmethod
-    def _regions(run, sigma, device):
+    def _regions(run, sigma):
         segmentation = run.segmentation_before(sigma)
         if segmentation is None:
             return None
-        return torch.stack([s.concept_regions for s in segmentation]).to(device)
+        return torch.stack([s.concept_regions for s in segmentation])

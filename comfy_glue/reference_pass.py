@@ -1,9 +1,12 @@
-"""The reference pass: reference latents re-noised to the current sigma, through the same UNet.
+"""The references' rows: reference latents re-noised to the current sigma, through the same UNet.
 
 Only the cond branch of the references is computed (the target never reads their uncond
 branch), with plain attention and no ControlNet. Their keys/values at the injection layers
-are captured by the SelfAttentionHooks; the UNet output itself is discarded, so the output
-blocks after the last injection layer run on one pixel row (see OutputBlockCut).
+feed RSA/RBA. Two ways to run them (see coupling.py for the choice):
+- batch coupling: appended to the target's own model call (one UNet call per step);
+- a separate pass (this module's run_reference_pass) when other patches share the model: the
+  features are captured by the SelfAttentionHooks, the UNet output is discarded, so the output
+  blocks after the last injection layer run on one pixel row (see OutputBlockCut).
 """
 import torch
 
@@ -46,6 +49,30 @@ def last_needed_output_block(plan) -> int:
     return max((layer.key[1] for layer in plan.injection_layers if layer.key[0] == "output"), default=-1)
 
 
+class ReferenceInputs:
+    """The references' model inputs for one run and device, moved there once.
+
+    latents: (R, C_lat, h, w) float32 clean latents; context: (R, T_ref, C_ctx) in the target
+    context's dtype; adm: (R, C_adm) 'y' vector on models that take one (SDXL), else None.
+    """
+
+    def __init__(self, plan, base_model, target_c, device):
+        self.seed = plan.seed
+        self.latents = plan.reference_latents.to(device, torch.float32)
+        self.count = self.latents.shape[0]
+        self.latent_hw = tuple(self.latents.shape[-2:])
+        self.context = plan.reference_context.to(device, target_c["c_crossattn"].dtype)
+        self.adm = _reference_adm(base_model, plan, target_c, self.latent_hw, device)
+        self.model_sampling = base_model.model_sampling
+
+    def noisy(self, sigma_value: float):
+        """(noisy latents (R, C_lat, h, w) float32, sigma (R,) float32) at noise level sigma_value."""
+        device = self.latents.device
+        sigma = torch.full((self.count,), sigma_value, device=device, dtype=torch.float32)
+        noise = reference_noise(self.seed, sigma_value, self.latents.shape).to(device)
+        return noise_to_sigma(self.model_sampling, sigma, noise, self.latents), sigma
+
+
 def _reference_adm(base_model, plan, target_c, latent_hw, device):
     """adm ('y') vector for the references on models that need one (SDXL)."""
     if "y" not in target_c or plan.reference_pooled is None:
@@ -56,17 +83,10 @@ def _reference_adm(base_model, plan, target_c, latent_hw, device):
     return None if adm is None else adm.to(device, target_c["y"].dtype)
 
 
-def run_reference_pass(run, hooks, apply_model, target_c, sigma_value: float, device):
-    """Fill run.reference_kv for noise level sigma_value (the run drops it after the call)."""
-    plan = run.plan
-    base_model = apply_model.__self__
-    latents = plan.reference_latents.to(device, torch.float32)
-    count, latent_hw = latents.shape[0], tuple(latents.shape[-2:])
-    sigma = torch.full((count,), sigma_value, device=device, dtype=torch.float32)
-    noise = reference_noise(plan.seed, sigma_value, latents.shape).to(device)
-    noisy = noise_to_sigma(base_model.model_sampling, sigma, noise, latents)
-
-    call = CallContext(run=run, mode=keys.MODE_CAPTURE, sigma=sigma_value, latent_hw=latent_hw)
+def run_reference_pass(run, hooks, apply_model, target_c, refs: ReferenceInputs, sigma_value: float):
+    """Separate pass: fill run.reference_kv for one noise level (the run drops it after the call)."""
+    noisy, sigma = refs.noisy(sigma_value)
+    call = CallContext(run=run, mode=keys.MODE_CAPTURE, sigma=sigma_value, latent_hw=refs.latent_hw)
     target_options = target_c.get("transformer_options", {})
     options = {k: v for k, v in target_options.items()
                if k not in ("patches", "patches_replace", keys.CALL_CONTEXT_KEY, "cond_or_uncond", "sigmas")}
@@ -74,15 +94,11 @@ def run_reference_pass(run, hooks, apply_model, target_c, sigma_value: float, de
         "cond_or_uncond": [keys.COND_FLAG],
         "sigmas": sigma,
         "patches_replace": {"attn1": dict(hooks)},
-        "patches": {"output_block_patch": [OutputBlockCut(last_needed_output_block(plan))]},
+        "patches": {"output_block_patch": [OutputBlockCut(last_needed_output_block(run.plan))]},
         keys.CALL_CONTEXT_KEY: call,
     })
-    context = plan.reference_context.to(device, target_c["c_crossattn"].dtype)
-    extra = {}
-    adm = _reference_adm(base_model, plan, target_c, latent_hw, device)
-    if adm is not None:
-        extra["y"] = adm
+    extra = {} if refs.adm is None else {"y": refs.adm}
     run.reference_kv.clear()
     with torch.no_grad():
-        apply_model(noisy, sigma, c_crossattn=context, transformer_options=options, **extra)
+        apply_model(noisy, sigma, c_crossattn=refs.context, transformer_options=options, **extra)
     call.release()

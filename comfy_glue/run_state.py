@@ -14,7 +14,8 @@ import torch
 
 from . import keys
 from .layers import layer_hw
-from ..magicface_attn import make_reference_kv, mask_to_layer, segment
+from .propagation_queue import PropagationQueue
+from ..magicface_attn import make_reference_kv, mask_to_layer, pack_layout, segment
 
 SIGMA_RTOL = 1e-5
 KEPT_SEGMENTATIONS = 3
@@ -48,17 +49,16 @@ class CallContext:
     sigma: float
     latent_hw: tuple
     stage: Optional[str] = None     # keys.STAGE_RSA / STAGE_RBA / None
-    cond_rows: Optional[torch.Tensor] = None      # row indices of the target's cond branch
-    cond_elements: Optional[torch.Tensor] = None  # batch element of each cond row
-    seg_rows: Optional[torch.Tensor] = None       # [uncond_0, cond_0, uncond_1, cond_1, ...] or cond rows only
-    seg_has_uncond: bool = False
+    rows: Optional[object] = None   # batch_rows.BatchRows of a target call
     regions: Optional[torch.Tensor] = None        # (batch_elements, R, Hs, Ws) bool concept regions for RBA
     pending_self: dict = field(default_factory=dict)   # layer key -> (q, k) of seg rows
-    maps: list = field(default_factory=list)            # [(maps (rows, N, T), (h, w))]
+    propagation: PropagationQueue = field(default_factory=PropagationQueue)  # segmentation layers' maps
+    layer_regions: dict = field(default_factory=dict)   # (h, w) -> (cond rows, R, h*w) bool
 
     def release(self):
         self.pending_self.clear()
-        self.maps.clear()
+        self.propagation.clear()
+        self.layer_regions.clear()
         self.regions = None
 
 
@@ -73,7 +73,7 @@ class MagicFaceRun:
         self.calls = Counter()           # (stage or "segmentation", layer name) -> calls
         self.attention_record = None     # AttentionRecord of the last injected call
         self.stage_sigmas = {keys.STAGE_RSA: [], keys.STAGE_RBA: []}
-        self._layer_masks = {}
+        self._cache = {}                 # per-run constants on the device (see cached())
 
     def is_continued_by(self, sigma: float, latent_shape) -> bool:
         """Whether a model call at this sigma belongs to this run (sigmas never rise within one)."""
@@ -85,34 +85,40 @@ class MagicFaceRun:
         self.last_sigma = sigma
         self.latent_shape = tuple(latent_shape)
 
+    def cached(self, key, build):
+        """build() once per run and key: what is the same at every step (inputs moved to the
+        device, row selectors, mask layouts) is made once, so the per-step path neither copies
+        from the host nor waits for the device."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
     # --- reference features -------------------------------------------------------------
-    def layer_masks(self, hw, device):
-        """(R, h*w) bool reference masks at one layer's token grid, cached per grid."""
-        cached = self._layer_masks.get(hw)
-        if cached is None or cached.device != device:
-            mode = "nearest" if self.plan.mask_mode == keys.MASK_MODE_REFERENCE else "area"
-            cached = mask_to_layer(self.plan.reference_masks.to(device), hw[0], hw[1], mode=mode)
-            self._layer_masks[hw] = cached
-        return cached
+    def _mask_layout(self, hw, device):
+        """Kept-key layout of the reference masks at one layer's token grid (one host sync, once)."""
+        mode = "nearest" if self.plan.mask_mode == keys.MASK_MODE_REFERENCE else "area"
+        masks = mask_to_layer(self.plan.reference_masks.to(device), hw[0], hw[1], mode=mode)
+        return masks, pack_layout(masks, self.plan.weights, device)
 
     def store_reference(self, layer, k, v, heads, reference_hw):
         hw = layer_hw(reference_hw, layer.factor)
         if hw[0] * hw[1] != k.shape[1]:
             raise RuntimeError(f"MagicFace: reference tokens {k.shape[1]} do not match grid {hw} at {layer.name}")
-        masks = self.layer_masks(hw, k.device)
-        self.reference_kv[layer.key] = make_reference_kv(k, v, masks, self.plan.weights, heads)
+        masks, layout = self.cached(("mask layout", hw, k.device), lambda: self._mask_layout(hw, k.device))
+        self.reference_kv[layer.key] = make_reference_kv(k, v, masks, self.plan.weights, heads, layout=layout)
 
     # --- segmentation ----------------------------------------------------------------------
     def finish_segmentation(self, call: CallContext):
-        if not call.maps:
+        propagated = call.propagation.maps()
+        if not propagated:
             return
-        elements = call.maps[0][0].shape[0] // (2 if call.seg_has_uncond else 1)
+        elements = propagated[0][0].shape[0] // (2 if call.rows.seg_has_uncond else 1)
         out_hw = layer_hw(call.latent_hw, 2)
         tokens = [list(t) for t in self.plan.concept_tokens]
         per_element = []
         for element in range(elements):
             layer_maps = []
-            for maps, hw in call.maps:
+            for maps, hw in propagated:
                 rows = maps.reshape(elements, -1, *maps.shape[1:])[element]
                 layer_maps.append((rows, hw))
             per_element.append(segment(layer_maps, out_hw, tokens, self.plan.ca_scale))
@@ -158,4 +164,4 @@ class MagicFaceRun:
         self.attention_record = None
         self.segmentations.clear()
         self.label_history.clear()
-        self._layer_masks.clear()
+        self._cache.clear()

@@ -25,7 +25,7 @@ from .constants import (
 from .guidance import semantic_cfg, semantic_cfg_rate
 from .masks import MASK_MODES, mask_to_layer, reference_mode_mask, resize_nearest
 from .propagation import head_mean_cross_probs, propagate_with_probs, smooth_propagate
-from .reference_kv import ReferenceKV, make_reference_kv
+from .reference_kv import PackLayout, ReferenceKV, make_reference_kv, pack_layout
 from .segmentation import Segmentation, segment
 from .smoothing import gaussian_blur, gaussian_kernel
 from .visualise import point_attention_to_references
@@ -35,8 +35,8 @@ __all__ = [
     "GAUSSIAN_KERNEL_SIZE", "GAUSSIAN_SIGMA", "IMPLS", "MASK_MODES", "MAX_GUIDANCE", "NORM_EPS",
     "RATE_CLAMP", "RATE_EPS", "REFERENCE_CFG", "REFERENCE_INJECT_STEP", "REFERENCE_MASK_ON_VALUE",
     "REFERENCE_MASK_SIZE", "REFERENCE_SEGMENTATION_DOWNSCALE", "REFERENCE_STEPS", "START_TOKEN",
-    "ReferenceKV", "Segmentation", "concept_owner", "gaussian_blur", "gaussian_kernel",
-    "head_mean_cross_probs", "make_reference_kv", "mask_to_layer", "plain_attention",
+    "PackLayout", "ReferenceKV", "Segmentation", "concept_owner", "gaussian_blur", "gaussian_kernel",
+    "head_mean_cross_probs", "make_reference_kv", "mask_to_layer", "pack_layout", "plain_attention",
     "point_attention_to_references",
     "propagate_with_probs", "rba_attention", "reference_mode_mask", "resize_nearest",
     "rsa_attention", "segment", "semantic_cfg", "semantic_cfg_rate", "smooth_propagate",

@@ -10,6 +10,8 @@ one fused scaled_dot_product_attention call does the joint softmax:
     v' = [v, 0...] (padded too: fused kernels need equal q/k/v head dims),
 and q'.k' * scale = q.k * scale + bias. hi/lo is a two-term split of bias/scale in the compute
 dtype, so fp16/bf16 keep the bias to ~fp32 accuracy. The widths are padded to a multiple of 8.
+The fast path never synchronises with the host (no .item(), boolean indexing or nonzero): it
+runs once per layer and step, where a sync stalls the CPU that queues the GPU's work.
 impl="plain" materialises the logits exactly like the reference code (oracle for tests).
 """
 import torch
@@ -24,8 +26,8 @@ IMPLS = ("auto", "fast", "plain")
 def _use_fast_path(impl: str) -> bool:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    # "auto" is "fast": it measured faster and far smaller than the materialised path on every
-    # benchmarked size (see README, 'Benchmark').
+    # "auto" is "fast": far smaller than the materialised path and free of host syncs, which
+    # bound the GPU pipeline. On CPU fast RBA (R+1 full-query attentions) can be the slower one.
     return impl != "plain"
 
 
@@ -47,28 +49,53 @@ def fold_bias_columns(bias: torch.Tensor, scale: float, dtype: torch.dtype) -> t
     return torch.stack([high, (folded - high.float()).to(dtype)], dim=1)
 
 
+def _extend_queries(q_h, width: int) -> torch.Tensor:
+    """(B, H, Nq, d) -> (B, H, Nq, width) queries [q, 1, 1, 0...]."""
+    return F.pad(F.pad(q_h, (0, 2), value=1.0), (0, width - q_h.shape[-1] - 2))
+
+
+def _pad_heads(x: torch.Tensor, width: int) -> torch.Tensor:
+    """(..., d) -> (..., width) with zero columns: own keys (bias 0) and all values."""
+    return F.pad(x, (0, width - x.shape[-1]))
+
+
+def _extend_reference(ref_k, ref_v, ref_bias, scale: float, width: int, like: torch.Tensor):
+    """Reference block of the folded keys/values.
+
+    ref_k, ref_v: (H, K, d); ref_bias: (K,) fp32. Returns (H, K, width) keys [k, hi, lo, 0...]
+    and values [v, 0...] in like's dtype and device.
+    """
+    heads = ref_k.shape[0]
+    columns = fold_bias_columns(ref_bias.to(like.device), scale, like.dtype)
+    keys = torch.cat([ref_k.to(device=like.device, dtype=like.dtype), columns.expand(heads, -1, -1)], dim=-1)
+    return _pad_heads(keys, width), _pad_heads(ref_v.to(device=like.device, dtype=like.dtype), width)
+
+
+def _joint_attention(q_ext, own_k, own_v, ref_keys, ref_values, scale: float, dim: int):
+    """One fused softmax over own keys and a reference block, all already folded to width.
+
+    q_ext: (B, H, Nq, width); own_k, own_v: (B, H, Nk, width); ref_keys, ref_values:
+    (H, K, width). Returns (B, H, Nq, dim).
+    """
+    batch = q_ext.shape[0]
+    keys = torch.cat([own_k, ref_keys.expand(batch, -1, -1, -1)], dim=2)
+    values = torch.cat([own_v, ref_values.expand(batch, -1, -1, -1)], dim=2)
+    return F.scaled_dot_product_attention(q_ext, keys, values, scale=scale)[..., :dim]
+
+
 def _fold_bias_attention(q_h, k_h, v_h, ref_k, ref_v, ref_bias, scale: float):
     """Joint softmax over own keys (bias 0) and packed reference keys (bias ref_bias).
 
     q_h: (B, H, Nq, d); k_h, v_h: (B, H, Nk, d); ref_k, ref_v: (H, K, d); ref_bias: (K,) fp32.
     Returns (B, H, Nq, d) in q_h's dtype.
     """
-    batch, heads, queries, dim = q_h.shape
-    own, kept = k_h.shape[2], ref_k.shape[1]
+    dim = q_h.shape[-1]
     width = padded_width(dim + 2)
-    dtype = q_h.dtype
-
-    q_ext = q_h.new_zeros(batch, heads, queries, width)
-    q_ext[..., :dim] = q_h
-    q_ext[..., dim : dim + 2] = 1
-    k_ext = q_h.new_zeros(batch, heads, own + kept, width)
-    k_ext[:, :, :own, :dim] = k_h
-    k_ext[:, :, own:, :dim] = ref_k.to(device=q_h.device, dtype=dtype)
-    k_ext[:, :, own:, dim : dim + 2] = fold_bias_columns(ref_bias.to(q_h.device), scale, dtype)
-    v_ext = q_h.new_zeros(batch, heads, own + kept, width)
-    v_ext[:, :, :own, :dim] = v_h
-    v_ext[:, :, own:, :dim] = ref_v.to(device=q_h.device, dtype=dtype)
-    return F.scaled_dot_product_attention(q_ext, k_ext, v_ext, scale=scale)[..., :dim]
+    ref_keys, ref_values = _extend_reference(ref_k, ref_v, ref_bias, scale, width, q_h)
+    return _joint_attention(
+        _extend_queries(q_h, width), _pad_heads(k_h, width), _pad_heads(v_h, width),
+        ref_keys, ref_values, scale, dim,
+    )
 
 
 def _materialised_attention(q_h, k_h, v_h, ref_k, ref_v, ref_bias, scale: float):
@@ -130,40 +157,56 @@ def rsa_attention(q, k, v, refs: ReferenceKV, heads: int, impl: str = "auto") ->
 
 def concept_owner(regions: torch.Tensor) -> torch.Tensor:
     """(B, R, N) bool regions -> (B, N) long owner concept, -1 where none. Where regions overlap
-    the later concept wins, as the reference code's overwrite order."""
+    the later concept wins, as the reference code's overwrite order. No host synchronisation."""
     owner = torch.full(regions[:, 0].shape, -1, dtype=torch.long, device=regions.device)
     for index in range(regions.shape[1]):
         owner = torch.where(regions[:, index], index, owner)
     return owner
 
 
-def rba_attention(q, k, v, refs: ReferenceKV, regions, heads: int, impl: str = "auto") -> torch.Tensor:
-    """Region-grouped blend attention (late steps).
+def _rba_fast(q, k, v, refs: ReferenceKV, owner, heads: int) -> torch.Tensor:
+    """Every pixel of every row is computed plain and blended with each reference that has kept
+    keys; torch.where picks per pixel. (R+1) full-query attentions instead of per-group gathers:
+    the GPU has slack, while finding the groups would synchronise with the host.
 
-    q, k, v: (B, N, C) target rows; regions: (B, R, N) bool, concept i's pixels at this layer.
-    Pixels owned by concept i (see concept_owner) attend to their own keys plus reference i's
-    keys only (same bias rule); all other pixels get plain self-attention. When no pixel blends
-    (no region, or no kept key in the owning references) the result is plain_attention exactly.
-    Returns (B, N, C).
+    q, k, v: (B, N, C); owner: (B, N) long (concept_owner). Returns (B, N, C).
     """
-    _check_refs(q, refs, heads)
-    fast = _use_fast_path(impl)
-    batch, tokens, _ = q.shape
-    if tuple(regions.shape) != (batch, refs.num_refs, tokens):
-        raise ValueError(f"regions must be {(batch, refs.num_refs, tokens)}, got {tuple(regions.shape)}")
-    owner = concept_owner(regions.to(device=q.device, dtype=torch.bool))
+    blended = [index for index in range(refs.num_refs) if refs.num_kept(index)]
+    if not blended:
+        return plain_attention(q, k, v, heads)
+    dtype = compute_dtype(q)
+    q_h, k_h, v_h = (split_heads(t, heads, dtype) for t in (q, k, v))
+    # The same call as plain_attention, so pixels that blend nowhere stay bit-identical to it.
+    out = F.scaled_dot_product_attention(q_h, k_h, v_h)
+    dim = q_h.shape[-1]
+    width = padded_width(dim + 2)
+    scale = refs.head_dim ** -0.5
+    q_ext, own_k, own_v = _extend_queries(q_h, width), _pad_heads(k_h, width), _pad_heads(v_h, width)
+    ref_keys, ref_values = _extend_reference(
+        refs.packed_keys, refs.packed_values, refs.packed_bias, scale, width, q_h
+    )
+    owner_h = owner[:, None, :, None]  # (B, 1, N, 1): broadcast over heads and channels
+    for index in blended:
+        span = refs.kept_slice(index)
+        blend = _joint_attention(q_ext, own_k, own_v, ref_keys[:, span], ref_values[:, span], scale, dim)
+        out = torch.where(owner_h == index, blend, out)
+    return merge_heads(out).to(q.dtype)
+
+
+def _rba_materialised(q, k, v, refs: ReferenceKV, owner, heads: int) -> torch.Tensor:
+    """Oracle: gathers each concept's pixels (host synchronisations) and materialises logits.
+    Edits owner (B, N) in place."""
     for index in range(refs.num_refs):
         # A reference with no kept key adds only exp(-inf) terms: its pixels stay plain.
         if refs.num_kept(index) == 0:
             owner[owner == index] = -1
     if not bool((owner >= 0).any()):
         return plain_attention(q, k, v, heads)
-
     dtype = compute_dtype(q)
     scale = refs.head_dim ** -0.5
     out = torch.empty_like(q)
     # Each pixel is computed once, in its group: plain pixels (-1) over own keys only.
-    for row in range(batch):
+    for row in range(q.shape[0]):
         k_h = split_heads(k[row : row + 1], heads, dtype)
         v_h = split_heads(v[row : row + 1], heads, dtype)
         for index in range(-1, refs.num_refs):
@@ -173,14 +216,26 @@ def rba_attention(q, k, v, refs: ReferenceKV, regions, heads: int, impl: str = "
             q_h = split_heads(q[row : row + 1, pixels], heads, dtype)
             if index < 0:
                 result = F.scaled_dot_product_attention(q_h, k_h, v_h)
-            elif fast:
-                span = refs.kept_slice(index)
-                result = _fold_bias_attention(
-                    q_h, k_h, v_h, refs.packed_keys[:, span], refs.packed_values[:, span],
-                    refs.packed_bias[span], scale,
-                )
             else:
                 ref_k, ref_v, bias = _dense_reference_block(refs, [index])
                 result = _materialised_attention(q_h, k_h, v_h, ref_k, ref_v, bias, scale)
             out[row, pixels] = merge_heads(result)[0].to(q.dtype)
     return out
+
+
+def rba_attention(q, k, v, refs: ReferenceKV, regions, heads: int, impl: str = "auto") -> torch.Tensor:
+    """Region-grouped blend attention (late steps).
+
+    q, k, v: (B, N, C) target rows; regions: (B, R, N) bool, concept i's pixels at this layer.
+    Pixels owned by concept i (see concept_owner) attend to their own keys plus reference i's
+    keys only (same bias rule); all other pixels get plain self-attention. When no pixel blends
+    (no region, or no kept key in the owning references) the result is plain_attention exactly.
+    The fast path never synchronises with the host. Returns (B, N, C).
+    """
+    _check_refs(q, refs, heads)
+    fast = _use_fast_path(impl)
+    batch, tokens, _ = q.shape
+    if tuple(regions.shape) != (batch, refs.num_refs, tokens):
+        raise ValueError(f"regions must be {(batch, refs.num_refs, tokens)}, got {tuple(regions.shape)}")
+    owner = concept_owner(regions.to(device=q.device, dtype=torch.bool))
+    return (_rba_fast if fast else _rba_materialised)(q, k, v, refs, owner, heads)

@@ -37,29 +37,26 @@ def propagate_with_probs(self_probs: torch.Tensor, cross: torch.Tensor) -> torch
     return smoothed @ cross.to(torch.float32)
 
 
-def _apply_head_mean_attention(q_h, k_h, maps: torch.Tensor) -> torch.Tensor:
-    """mean_h softmax(q_h k_h^T / sqrt(d)) @ maps without materialising the N x N attention.
+def _apply_head_mean_attention(q_p, k_p, maps: torch.Tensor, dim: int) -> torch.Tensor:
+    """mean_h softmax(q_h k_h^T / sqrt(dim)) @ maps without materialising the N x N attention.
 
-    q_h, k_h: (B, H, N, d); maps: (B, N, T) float32. Returns (B, N, T) float32. q, k and the
-    maps are zero-padded to one common width (fused kernels need equal head dims); zero columns
-    change neither the logits nor the kept output columns.
+    q_p, k_p: (B, H, N, width) queries/keys zero-padded from head dim `dim`; maps: (B, N, width)
+    zero-padded in their last columns. Returns (B, N, width) float32 whose padded columns stay
+    zero (zero columns change neither the logits nor the other output columns).
     """
-    batch, heads, tokens, dim = q_h.shape
-    columns = maps.shape[-1]
-    width = padded_width(max(dim, columns))
-    q_p = F.pad(q_h, (0, width - dim))
-    k_p = F.pad(k_h, (0, width - dim))
-    values = F.pad(maps.to(q_h.dtype), (0, width - columns))[:, None].expand(batch, heads, tokens, width)
+    batch, heads, tokens, width = q_p.shape
+    values = maps.to(q_p.dtype)[:, None].expand(batch, heads, tokens, width)
     out = F.scaled_dot_product_attention(q_p, k_p, values, scale=dim ** -0.5)
-    return out[..., :columns].float().mean(dim=1)
+    return out.mean(dim=1, dtype=torch.float32)
 
 
 def smooth_propagate(q_self, k_self, cross, heads: int, impl: str = "auto") -> torch.Tensor:
     """A_s . C with A = head-mean softmax(q k^T * d^-0.5) of the target's plain self-attention.
 
     q_self, k_self: (B, N, C); cross: (B, N, T) (e.g. head_mean_cross_probs). Returns (B, N, T)
-    float32. Fast path: (A.C + 3 A.(A.C)) / 4 as two fused attentions with the maps as values;
-    "plain" materialises A (oracle for tests).
+    float32. Fast path: (A.C + 3 A.(A.C)) / 4 as two fused attentions with the maps as values,
+    q, k and maps padded once to a common width (fused kernels need equal head dims);
+    "plain" materialises A (oracle for tests). No host synchronisation.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -70,6 +67,10 @@ def smooth_propagate(q_self, k_self, cross, heads: int, impl: str = "auto") -> t
         scale = q_h.shape[-1] ** -0.5
         logits = torch.einsum("bhnd,bhmd->bhnm", q_h.float(), k_h.float()) * scale
         return propagate_with_probs(logits.softmax(dim=-1).mean(dim=1), cross)
-    once = _apply_head_mean_attention(q_h, k_h, cross.to(torch.float32))
-    twice = _apply_head_mean_attention(q_h, k_h, once)
-    return (once + 3 * twice) / 4
+    dim, columns = q_h.shape[-1], cross.shape[-1]
+    width = padded_width(max(dim, columns))
+    q_p, k_p = F.pad(q_h, (0, width - dim)), F.pad(k_h, (0, width - dim))
+    once = _apply_head_mean_attention(q_p, k_p, F.pad(cross, (0, width - columns)), dim)
+    # The padded columns of `once` are zero already: it feeds the second pass as it is.
+    twice = _apply_head_mean_attention(q_p, k_p, once, dim)
+    return torch.add(once, twice, alpha=3)[..., :columns] / 4

@@ -4,7 +4,6 @@ Bias rule of the reference code: the logit of reference i's key m is q.k*scale +
 key lies inside concept mask i, and the key is excluded (dtype minimum, i.e. -inf) otherwise.
 The reference tests `mask * w_i != 0`, so a weight of exactly 0 removes reference i entirely.
 """
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -62,65 +61,65 @@ class ReferenceKV:
 
 
 @dataclass(frozen=True)
-class _PackLayout:
-    """Which keys are kept, derived from a mask and the weights only: the same at every step."""
+class PackLayout:
+    """Which reference keys are kept. It depends on the mask and the weights only, so callers
+    compute it once per run and layer grid and reuse it at every step (see pack_layout).
 
-    key_mask: torch.Tensor      # (R, M) bool, mask & (w != 0)
-    index: torch.Tensor         # (K,) long flat positions r*M + m of the kept keys, in order
-    bias: torch.Tensor          # (K,) float32
-    weights: torch.Tensor       # (R,) float32
+    key_mask: (R, M) bool, mask & (w != 0).
+    index: (K,) long flat positions r*M + m of the kept keys, reference-major, key order kept.
+    bias: (K,) float32, w_r of each kept key.
+    weights: (R,) float32.
+    offsets: R+1 Python ints; reference r owns packed positions offsets[r]:offsets[r+1].
+    """
+
+    key_mask: torch.Tensor
+    index: torch.Tensor
+    bias: torch.Tensor
+    weights: torch.Tensor
     offsets: tuple
 
 
-# id(mask) -> (weak reference to the mask, its version, host weights, layout). Callers pass the
-# same cached mask tensor at every step of a run; reusing its layout removes the host syncs of
-# boolean indexing and of the per-reference counts from the per-layer, per-step path.
-_LAYOUTS = {}
-
-
-def _host_weights(weights, refs: int) -> tuple:
+def _host_weights(weights, refs: int) -> list:
     if torch.is_tensor(weights):
         weights = weights.detach().reshape(-1).tolist()  # one sync when they live on a device
-    weights = tuple(float(w) for w in weights)
+    weights = [float(w) for w in weights]
     if len(weights) != refs:
         raise ValueError(f"expected {refs} weights, got {len(weights)}")
     return weights
 
 
-def _version(tensor: torch.Tensor):
-    """In-place change counter; inference tensors have none (callers never mutate their masks)."""
-    return None if tensor.is_inference() else tensor._version
-
-
-def _pack_layout(key_mask: torch.Tensor, weights: tuple, device) -> _PackLayout:
-    cached = _LAYOUTS.get(id(key_mask))
-    if cached is not None and cached[0]() is key_mask and cached[1] == _version(key_mask) \
-            and cached[2] == weights and cached[3].index.device == device:
-        return cached[3]
-    refs, tokens = key_mask.shape
-    weight_tensor = torch.tensor(weights, dtype=torch.float32, device=device)
+def pack_layout(key_mask: torch.Tensor, weights, device=None) -> PackLayout:
+    """Kept-key layout of (R, M) bool key_mask and (R,) weights (tensor or floats), with its
+    tensors on device (default: key_mask's). Reads the mask (and weights) on the host: this
+    synchronises with a device, so compute it once, not per step."""
+    if key_mask.dim() != 2:
+        raise ValueError(f"key_mask must be (R, M), got {tuple(key_mask.shape)}")
+    device = key_mask.device if device is None else torch.device(device)
+    host_weights = _host_weights(weights, key_mask.shape[0])
+    weight_tensor = torch.tensor(host_weights, dtype=torch.float32)
     # The reference multiplies the mask by w before its `!= 0` test: w == 0 drops the reference.
-    kept = key_mask.to(device=device, dtype=torch.bool) & (weight_tensor != 0)[:, None]
-    counts = kept.sum(dim=1).tolist()
+    kept = key_mask.detach().to(device="cpu", dtype=torch.bool) & (weight_tensor != 0)[:, None]
+    counts = kept.sum(dim=1)
     offsets = [0]
-    for count in counts:
-        offsets.append(offsets[-1] + int(count))
-    index = torch.nonzero(kept.reshape(-1)).squeeze(1)
-    bias = weight_tensor.repeat_interleave(torch.tensor(counts, device=device), output_size=offsets[-1])
-    layout = _PackLayout(kept, index, bias, weight_tensor, tuple(offsets))
-    for key in [k for k, entry in _LAYOUTS.items() if entry[0]() is None]:
-        del _LAYOUTS[key]
-    _LAYOUTS[id(key_mask)] = (weakref.ref(key_mask), _version(key_mask), weights, layout)
-    return layout
+    for count in counts.tolist():
+        offsets.append(offsets[-1] + count)
+    return PackLayout(
+        key_mask=kept.to(device),
+        index=torch.nonzero(kept.reshape(-1)).squeeze(1).to(device),
+        bias=weight_tensor.repeat_interleave(counts).to(device),
+        weights=weight_tensor.to(device),
+        offsets=tuple(offsets),
+    )
 
 
-def make_reference_kv(keys, values, key_mask, weights, heads: int) -> ReferenceKV:
+def make_reference_kv(keys, values, key_mask, weights, heads: int, layout: PackLayout | None = None) -> ReferenceKV:
     """Prepare reference keys/values of one layer.
 
     keys, values: (R, M, C) with C = heads*d head-major; key_mask: (R, M) bool (concept mask at
     the layer resolution, row-major); weights: (R,) tensor or sequence of floats; heads: int.
-    With the same key_mask tensor and weights as a previous call, the kept-key layout is reused
-    and no host-device synchronisation happens (weights given as floats or a CPU tensor).
+    layout: pack_layout(key_mask, weights, keys.device), computed once by the caller; with it
+    this function never synchronises with the device (only shapes and devices are checked, so
+    it must come from this key_mask and these weights). None computes it here (synchronises).
     """
     if keys.dim() != 3 or keys.shape != values.shape:
         raise ValueError(f"keys/values must both be (R, M, C), got {tuple(keys.shape)}, {tuple(values.shape)}")
@@ -129,7 +128,14 @@ def make_reference_kv(keys, values, key_mask, weights, heads: int) -> ReferenceK
         raise ValueError(f"channels {channels} not divisible by heads {heads}")
     if tuple(key_mask.shape) != (refs, tokens):
         raise ValueError(f"key_mask must be {(refs, tokens)}, got {tuple(key_mask.shape)}")
-    layout = _pack_layout(key_mask, _host_weights(weights, refs), keys.device)
+    if layout is None:
+        layout = pack_layout(key_mask, weights, keys.device)
+    elif tuple(layout.key_mask.shape) != (refs, tokens) or len(weights) != refs:
+        raise ValueError(
+            f"layout is for key_mask {tuple(layout.key_mask.shape)}, got {(refs, tokens)} and {len(weights)} weights"
+        )
+    elif layout.index.device != keys.device:
+        raise ValueError(f"layout lives on {layout.index.device}, keys on {keys.device}")
 
     head_dim = channels // heads
     # Gathering the kept flat positions keeps reference-major, then key order:

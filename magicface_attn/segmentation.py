@@ -37,16 +37,45 @@ class Segmentation:
 
 
 def _layer_grids(maps: torch.Tensor, hw, out_hw) -> torch.Tensor:
-    """(rows, h*w, T) propagated maps -> (rows, T, H, W) resized (bilinear, as the reference's
-    upsampling to 32x32) and Gaussian-blurred, float32."""
-    rows, tokens_hw, tokens = maps.shape
+    """(L, rows, h*w, T) propagated maps of L layers on one grid -> (L, rows, T, H, W) resized
+    (bilinear, as the reference's upsampling to 32x32) and Gaussian-blurred, float32."""
+    layers, rows, tokens_hw, tokens = maps.shape
     h, w = hw
     if tokens_hw != h * w:
         raise ValueError(f"maps have {tokens_hw} positions, layer grid {h}x{w} has {h * w}")
-    grid = maps.to(torch.float32).transpose(1, 2).reshape(rows, tokens, h, w)
+    grid = maps.to(torch.float32).transpose(-1, -2).reshape(layers * rows, tokens, h, w)
     if (h, w) != tuple(out_hw):
         grid = F.interpolate(grid, size=tuple(out_hw), mode="bilinear", align_corners=False)
-    return gaussian_blur(grid)
+    return gaussian_blur(grid).unflatten(0, (layers, rows))
+
+
+def _grid_groups(layer_maps):
+    """{(h, w): [maps, ...]} in first-seen order; layers sharing a grid are processed together
+    (a few ops per grid instead of per layer: SDXL has up to 70 segmentation layers)."""
+    groups = {}
+    for maps, hw in layer_maps:
+        groups.setdefault(tuple(hw), []).append(maps)
+    return groups
+
+
+def _layer_sums(layer_maps, out_hw, rows: int, used):
+    """Sums over all layers of the mean-normalised cond token maps (T, H, W) and, with an
+    uncond row, of the normalised [start token, other tokens] maps (2, H, W) (else None)."""
+    token_sum = fore_sum = None
+    for hw, group in _grid_groups(layer_maps).items():
+        grid = _layer_grids(torch.stack(group), hw, out_hw)
+        cond = grid[:, -1]
+        cond = (cond / (cond.mean(dim=(-2, -1), keepdim=True) + NORM_EPS)).sum(dim=0)
+        token_sum = cond if token_sum is None else token_sum + cond
+        if rows == 2:
+            uncond = grid[:, 0]
+            stop = uncond.shape[1] if used is None else used
+            fore = torch.stack([uncond[:, START_TOKEN], uncond[:, START_TOKEN + 1 : stop].sum(dim=1)], dim=1)
+            # No epsilon here, as the reference; the clamp only guards all-zero maps.
+            fore = fore / fore.mean(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+            fore = fore.sum(dim=0)
+            fore_sum = fore if fore_sum is None else fore_sum + fore
+    return token_sum, fore_sum
 
 
 def segment(layer_maps, out_hw, concept_tokens, ca_scale: float, num_tokens_used: int | None = None) -> Segmentation:
@@ -63,26 +92,14 @@ def segment(layer_maps, out_hw, concept_tokens, ca_scale: float, num_tokens_used
         regions are restricted to the foreground.
     num_tokens_used: tokens [0, num_tokens_used) take part in the argmax and the foreground sum
         (e.g. to ignore padding); None = all T tokens, as the reference.
+    Never synchronises with the device.
     """
     if not layer_maps:
         raise ValueError("segment needs at least one layer")
-    token_sum = fore_sum = None
     rows = layer_maps[0][0].shape[0]
-    for maps, hw in layer_maps:
-        if maps.shape[0] != rows or rows not in (1, 2):
-            raise ValueError("every layer needs the same 1 (cond) or 2 (uncond, cond) rows")
-        tokens = maps.shape[-1]
-        used = tokens if num_tokens_used is None else num_tokens_used
-        grid = _layer_grids(maps, hw, out_hw)
-        cond = grid[-1]
-        cond = cond / (cond.mean(dim=(-2, -1), keepdim=True) + NORM_EPS)
-        token_sum = cond if token_sum is None else token_sum + cond
-        if rows == 2:
-            uncond = grid[0]
-            fore = torch.stack([uncond[START_TOKEN], uncond[START_TOKEN + 1 : used].sum(dim=0)])
-            # No epsilon here, as the reference; the clamp only guards all-zero maps.
-            fore = fore / fore.mean(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-            fore_sum = fore if fore_sum is None else fore_sum + fore
+    if rows not in (1, 2) or any(maps.shape[0] != rows for maps, _ in layer_maps):
+        raise ValueError("every layer needs the same 1 (cond) or 2 (uncond, cond) rows")
+    token_sum, fore_sum = _layer_sums(layer_maps, out_hw, rows, num_tokens_used)
     count = len(layer_maps)
     token_scores = token_sum / count
     tokens = token_scores.shape[0]
@@ -92,17 +109,17 @@ def segment(layer_maps, out_hw, concept_tokens, ca_scale: float, num_tokens_used
     concept_set = sorted({t for group in concept_tokens for t in group})
     if any(not 0 <= t < used for t in concept_set):
         raise ValueError(f"concept tokens {concept_set} outside 0..{used - 1}")
-    # Built from scalar comparisons and torch.where rather than list/boolean indexing, which
-    # would copy an index to the device or synchronise with it at every step.
-    positions = torch.arange(tokens, device=token_scores.device)
-    is_concept = torch.zeros(tokens, dtype=torch.bool, device=token_scores.device)
+    # Per-token factors filled in place through Python-int views: list or boolean indexing
+    # would copy an index to the device or synchronise with it. x * 1.0 == x exactly.
+    factors = torch.full((tokens, 1, 1), float(ca_scale), device=token_scores.device)
     for token in concept_set:
-        is_concept |= positions == token
-    token_scores = torch.where(is_concept[:, None, None], token_scores, token_scores * ca_scale)
+        factors[token].fill_(1.0)
+    token_scores = token_scores * factors
 
     top = token_scores[:used].max(dim=0).values
-    token_regions = torch.zeros_like(token_scores, dtype=torch.bool)
-    token_regions[:used] = token_scores[:used] == top
+    token_regions = token_scores == top
+    if used < tokens:
+        token_regions[used:].fill_(False)
     if fore_sum is None:
         fore_scores = None
         fore = torch.ones_like(top, dtype=torch.bool)
@@ -114,7 +131,9 @@ def segment(layer_maps, out_hw, concept_tokens, ca_scale: float, num_tokens_used
 
     labels = torch.full(top.shape, -1, dtype=torch.long, device=top.device)
     for index, group in enumerate(concept_tokens):
-        won = torch.stack([token_regions[token] for token in group]).any(dim=0)
+        won = token_regions[group[0]]
+        if len(group) > 1:
+            won = torch.stack([token_regions[token] for token in group]).any(dim=0)
         labels = torch.where(won, index, labels)
     concept_regions = labels[None] == torch.arange(len(concept_tokens), device=top.device)[:, None, None]
     return Segmentation(token_scores, token_regions, fore_scores, fore, concept_regions, labels)

@@ -16,7 +16,7 @@ RATIO_ROW = re.compile(r"^\| (R=\d+) \| [\d.]+ \| ([^ |]+)x \|", re.MULTILINE)
 def test_tiny_pipeline_bench_writes_finite_table(tmp_path):
     out = tmp_path / "perf.md"
     command = [sys.executable, str(REPO_ROOT / "bench" / "bench_pipeline.py"), "--tiny", "--models", "sd15",
-               "--concepts", "1,2", "--no-coupling", "--out", str(out)]
+               "--concepts", "1,2", "--no-coupling", "--separate", "--out", str(out)]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=170)
     assert done.returncode == 0, done.stderr[-3000:]
     table = out.read_text()
@@ -24,4 +24,6 @@ def test_tiny_pipeline_bench_writes_finite_table(tmp_path):
     ratios = dict(RATIO_ROW.findall(table))
     assert set(ratios) == {"R=1", "R=2"}, table
     assert all(math.isfinite(float(r)) and float(r) > 0 for r in ratios.values()), ratios
-    assert "reference pass" in table  # the per-part breakdown ran
+    assert "joined attention (RSA/RBA)" in table  # the per-part breakdown ran
+    separate = re.search(r"^\| R=2, separate pass \| [\d.]+ \| [\d.]+x \| [-\d]+ \| ([\d.e+-]+) \(rel", table, re.MULTILINE)
+    assert separate and float(separate.group(1)) < 0.05, table  # both ways to run the references agree

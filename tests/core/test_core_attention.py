@@ -69,6 +69,60 @@ def test_empty_reference_masks_give_plain_attention_exactly(case, impl):
     assert torch.equal(mf.rba_attention(q, k, v, empty, regions, heads, impl=impl), plain)
 
 
+@PROPERTY
+@given(attention_case(), st.sampled_from(["fast", "plain", "auto"]), st.booleans())
+def test_rba_is_plain_exactly_when_no_pixel_blends(case, impl, no_regions):
+    """No region at all, or regions only for references without a kept key."""
+    q, k, v, refs, regions, heads = case
+    if no_regions:
+        regions = torch.zeros_like(regions)
+    else:
+        for index in range(refs.num_refs):
+            if refs.num_kept(index):
+                regions[:, index] = False
+    assert torch.equal(mf.rba_attention(q, k, v, refs, regions, heads, impl=impl), mf.plain_attention(q, k, v, heads))
+
+
+def test_rba_pixels_outside_regions_are_plain_exactly():
+    q, k, v = (torch.randn(2, 12, 8) for _ in range(3))
+    refs = mf.make_reference_kv(torch.randn(2, 12, 8), torch.randn(2, 12, 8), torch.ones(2, 12, dtype=torch.bool), [2.0, 3.0], 2)
+    regions = torch.zeros(2, 2, 12, dtype=torch.bool)
+    regions[0, 0, :3] = regions[1, 1, 5:7] = True
+    out, plain = mf.rba_attention(q, k, v, refs, regions, 2), mf.plain_attention(q, k, v, 2)
+    outside = ~regions.any(dim=1)
+    assert torch.equal(out[outside], plain[outside])
+    assert not torch.allclose(out[~outside], plain[~outside])
+
+
+@PROPERTY
+@given(attention_case())
+def test_precomputed_layout_gives_the_same_references(case):
+    _, _, _, refs, _, heads = case
+    weights = refs.weights.tolist()
+    layout = mf.pack_layout(refs.key_mask, torch.tensor(weights))
+    with_layout = mf.make_reference_kv(refs.keys, refs.values, refs.key_mask, weights, heads, layout=layout)
+    assert with_layout.offsets == refs.offsets
+    for name in ("keys", "values", "key_mask", "weights", "packed_keys", "packed_values", "packed_bias"):
+        assert torch.equal(getattr(with_layout, name), getattr(refs, name)), name
+
+
+def test_pack_layout_packs_reference_major_and_drops_zero_weights():
+    mask = torch.tensor([[True, False, True], [True, True, False], [False, True, True]])
+    layout = mf.pack_layout(mask, [1.5, 0.0, 2.0])
+    assert layout.offsets == (0, 2, 2, 4)
+    assert layout.index.tolist() == [0, 2, 7, 8]
+    assert layout.bias.tolist() == [1.5, 1.5, 2.0, 2.0]
+    assert torch.equal(layout.key_mask, mask & torch.tensor([True, False, True])[:, None])
+
+
+def test_make_reference_kv_rejects_a_mismatched_layout():
+    keys, mask = torch.randn(2, 4, 8), torch.ones(2, 4, dtype=torch.bool)
+    with pytest.raises(ValueError):
+        mf.make_reference_kv(keys, keys, mask, [1.0, 2.0], 2, layout=mf.pack_layout(mask[:1], [1.0]))
+    with pytest.raises(ValueError):
+        mf.make_reference_kv(keys, keys, mask, [1.0, 2.0], 2, layout=mf.pack_layout(mask, [1.0, 2.0], "meta"))
+
+
 def test_plain_attention_is_softmax_attention():
     q, k, v = (torch.randn(2, 12, 6) for _ in range(3))
     logits = torch.einsum("bihd,bjhd->bhij", q.view(2, 12, 3, 2), k.view(2, 12, 3, 2)) * 2 ** -0.5

@@ -1,0 +1,47 @@
+"""Cross-attention maps and their smoothed propagation, batched across layers of one grid.
+
+Doing both one layer at a time costs about fifteen small kernels per layer, and SDXL has 70
+segmentation layers: on a GPU those launches, not the arithmetic, are the cost. Layers with
+the same grid, width and head count are stacked along the batch and processed together, at
+most MAX_LAYERS_PER_BATCH at a time to bound the memory held for them.
+"""
+import torch
+
+from ..magicface_attn import head_mean_cross_probs, smooth_propagate
+
+MAX_LAYERS_PER_BATCH = 16
+
+
+class PropagationQueue:
+    """Per-call queue; maps come out as [(maps (rows, N, T) float32, (h, w))], one per layer."""
+
+    def __init__(self):
+        self._groups = {}
+        self._maps = []
+
+    def add(self, q_self, k_self, q_cross, k_text, heads: int, hw):
+        """q_self, k_self, q_cross: (rows, N, C) self-attention queries/keys and cross-attention
+        queries of one layer; k_text: (rows, T, C) its text keys."""
+        key = (tuple(hw), q_self.shape[-1], k_text.shape[1], heads)
+        group = self._groups.setdefault(key, [])
+        group.append((q_self, k_self, q_cross, k_text))
+        if len(group) >= MAX_LAYERS_PER_BATCH:
+            self._flush(key)
+
+    def _flush(self, key):
+        hw, _, _, heads = key
+        group = self._groups.pop(key)
+        rows = group[0][0].shape[0]
+        q_self, k_self, q_cross, k_text = (torch.cat(parts) for parts in zip(*group))
+        cross = head_mean_cross_probs(q_cross, k_text, heads)
+        maps = smooth_propagate(q_self, k_self, cross, heads).float()
+        self._maps.extend((layer_maps, hw) for layer_maps in maps.split(rows))
+
+    def maps(self):
+        for key in list(self._groups):
+            self._flush(key)
+        return self._maps
+
+    def clear(self):
+        self._groups.clear()
+        self._maps.clear()

@@ -1,0 +1,100 @@
+"""How the references' rows are computed: coupled into the target's call, or a separate pass.
+
+Both ways must give the same image (up to float rounding of a different batch size), and the
+separate pass must be chosen exactly when something else could see the extra rows.
+"""
+from contextlib import contextmanager
+
+import torch
+
+from .mf import apply, concepts_from, node, pack_module, sample, synthetic_concept
+
+LATENT = (1, 4, 16, 16)
+PROMPT = "a photo of a man"
+
+
+def _two_concepts():
+    (image_a, mask_a), (image_b, mask_b) = synthetic_concept(11), synthetic_concept(12, size=(64, 64))
+    return concepts_from([(image_a, mask_a, "man", 2.5), (image_b, mask_b, "photo", 2.0)])
+
+
+def _reference_calls(patch):
+    calls = patch.report()["calls"]
+    return calls.get(("references", "coupled"), 0), calls.get(("references", "separate pass"), 0)
+
+
+@contextmanager
+def _separate_pass_only():
+    patch_module = pack_module("comfy_glue.patch")
+    saved = patch_module.can_couple
+    patch_module.can_couple = lambda *args, **kwargs: False
+    try:
+        yield
+    finally:
+        patch_module.can_couple = saved
+
+
+def _assert_close(a, b):
+    relative = ((a - b).norm() / b.norm()).item()
+    assert relative < 1e-4, relative
+
+
+def test_references_ride_in_the_target_batch_and_match_the_separate_pass(tiny, negative):
+    model, clip, vae = tiny
+    patched, positive, patch = apply(model, clip, vae, _two_concepts(), PROMPT)
+    coupled = sample(patched, positive, negative, torch.zeros(LATENT), steps=4)
+    assert _reference_calls(patch) == (4, 0)
+    with _separate_pass_only():
+        separate = sample(patched, positive, negative, torch.zeros(LATENT), steps=4)
+    assert _reference_calls(patch) == (0, 4)
+    _assert_close(coupled, separate)
+    assert not torch.equal(coupled, sample(model, positive, negative, torch.zeros(LATENT), steps=4))
+
+
+def test_controlnet_residuals_skip_the_reference_rows(tiny, negative, tiny_controlnet):
+    model, clip, vae = tiny
+    patched, positive, patch = apply(model, clip, vae, _two_concepts(), PROMPT)
+    control = node("ControlNetLoader").load_controlnet(tiny_controlnet.name)[0]
+    hint = torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(5))
+    controlled = node("ControlNetApply").apply_controlnet(positive, control, hint, 1.0)[0]
+    coupled = sample(patched, controlled, negative, torch.zeros(LATENT), steps=3)
+    assert _reference_calls(patch) == (3, 0)
+    with _separate_pass_only():
+        separate = sample(patched, controlled, negative, torch.zeros(LATENT), steps=3)
+    _assert_close(coupled, separate)
+
+
+def test_long_prompt_repeats_the_reference_context(tiny, negative):
+    model, clip, vae = tiny
+    prompt = ", ".join(["a sunny park with tall green trees and a blue sky"] * 9) + ", a photo of a man"
+    patched, positive, patch = apply(model, clip, vae, _two_concepts(), prompt)
+    coupled = sample(patched, positive, negative, torch.zeros(LATENT), steps=3)
+    assert _reference_calls(patch) == (3, 0)
+    with _separate_pass_only():
+        separate = sample(patched, positive, negative, torch.zeros(LATENT), steps=3)
+    _assert_close(coupled, separate)
+
+
+class ForeignBlockPatch:
+    """Another node's output_block_patch (as FreeU-like nodes install): sees whole batches."""
+
+    def __init__(self):
+        self.batches = []
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, h, hsp, transformer_options):
+        self.batches.append(h.shape[0])
+        return h, hsp
+
+
+def test_foreign_block_patch_never_sees_reference_rows(tiny, negative):
+    model, clip, vae = tiny
+    other = model.clone()
+    foreign = ForeignBlockPatch()
+    other.set_model_output_block_patch(foreign)
+    patched, positive, patch = apply(other, clip, vae, _two_concepts(), PROMPT)
+    sample(patched, positive, negative, torch.zeros(LATENT), steps=3)
+    assert _reference_calls(patch) == (0, 3)
+    assert foreign.batches and set(foreign.batches) == {2}  # cond + uncond only, never 2 + R
