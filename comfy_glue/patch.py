@@ -8,8 +8,8 @@ Hooks installed (all wrap what was there before, never overwrite it):
 - sampler_cfg_function: semantic-aware CFG (when enabled);
 - OUTER_SAMPLE wrapper where the host has one, so a run's state is created and released in
   a try/finally around the whole sampling. The 2024 host has no such hook: there a run
-  starts at the first model call whose sigma is above the previous one (or whose latent
-  shape differs), and the previous run's state is released then.
+  starts at the first model call whose sigma is above the previous one, and the previous
+  run's state is released then.
 """
 import torch
 
@@ -72,11 +72,11 @@ class MagicFacePatch(_SharedOnCopy):
     def active_run(self):
         return self._run
 
-    def run_for_call(self, sigma: float, latent_shape):
+    def run_for_call(self, sigma: float):
         run = self._run
-        if run is None or (not self._run_owned_by_wrapper and not run.is_continued_by(sigma, latent_shape)):
+        if run is None or (not self._run_owned_by_wrapper and not run.is_continued_by(sigma)):
             run = self.start_run(owned_by_wrapper=False)
-        run.note_call(sigma, latent_shape)
+        run.note_call(sigma)
         return run
 
     def report(self):
@@ -119,8 +119,10 @@ class ModelCallHook(_SharedOnCopy):
         if stage is None or keys.COND_FLAG not in cond_or_uncond:
             return self._forward(apply_model, args)
 
+        run = self.patch.run_for_call(sigma)
+        if not run.covers(x.shape[-2:]):
+            return self._forward(apply_model, args)
         chunk = x.shape[0] // len(cond_or_uncond)
-        run = self.patch.run_for_call(sigma, (chunk,) + tuple(x.shape[1:]))
         call = None
         try:
             refs = run.cached(("reference inputs", x.device, c["c_crossattn"].dtype, "y" in c),

@@ -66,7 +66,7 @@ class MagicFaceRun:
     def __init__(self, plan):
         self.plan = plan
         self.last_sigma = None
-        self.latent_shape = None
+        self.frame_hw = None             # latent grid of the full frame (largest seen in this run)
         self.reference_kv = {}
         self.segmentations = []          # [(sigma, [Segmentation per batch element])]
         self.label_history = []          # [(sigma, (E, Hs, Ws) long labels)]: small, kept for previews
@@ -75,15 +75,21 @@ class MagicFaceRun:
         self.stage_sigmas = {keys.STAGE_RSA: [], keys.STAGE_RBA: []}
         self._cache = {}                 # per-run constants on the device (see cached())
 
-    def is_continued_by(self, sigma: float, latent_shape) -> bool:
+    def is_continued_by(self, sigma: float) -> bool:
         """Whether a model call at this sigma belongs to this run (sigmas never rise within one)."""
-        if self.last_sigma is None:
-            return True
-        return tuple(latent_shape) == self.latent_shape and sigma <= self.last_sigma * (1 + SIGMA_RTOL)
+        return self.last_sigma is None or sigma <= self.last_sigma * (1 + SIGMA_RTOL)
 
-    def note_call(self, sigma: float, latent_shape):
+    def note_call(self, sigma: float):
         self.last_sigma = sigma
-        self.latent_shape = tuple(latent_shape)
+
+    def covers(self, hw) -> bool:
+        """Whether a call on this latent grid is the full frame. Area conditioning makes the host
+        call the model on crops beside the full latent; concept regions and references belong to
+        the full frame, so MagicFace leaves crops plain. Learns the frame as the largest grid."""
+        hw = tuple(hw)
+        if self.frame_hw is None or hw[0] * hw[1] > self.frame_hw[0] * self.frame_hw[1]:
+            self.frame_hw = hw
+        return hw == self.frame_hw
 
     def cached(self, key, build):
         """build() once per run and key: what is the same at every step (inputs moved to the
