@@ -114,7 +114,7 @@ class SeparatePassOnly:
         self.saved = self.patch_module.can_couple
 
     def __enter__(self):
-        self.patch_module.can_couple = lambda *args, **kwargs: False
+        self.patch_module.can_couple = lambda *args, **kwargs: None
         return self
 
     def __exit__(self, *exc):

@@ -48,7 +48,7 @@ class SelfAttentionHook(_SharedOnCopy):
         if self.collect:
             call.pending_self[self.layer.key] = (q[rows.seg], k[rows.seg])
         if self.inject and rows.refs is not None:  # batch coupling: the references ride in this batch
-            call.run.store_reference(self.layer, k[rows.refs], v[rows.refs], heads, call.latent_hw)
+            call.run.store_reference(self.layer, k[rows.refs], v[rows.refs], heads, call.latent_hw, call.letterbox)
         if self.inject and call.stage is not None:
             out = self._inject(q, k, v, extra, call, heads)
             if out is not None:
@@ -71,9 +71,10 @@ class SelfAttentionHook(_SharedOnCopy):
             injected = rba_attention(q[rows], k[rows], v[rows], refs, regions, heads)
         if self.record:
             owner = concept_owner(regions[:1])[0] if regions is not None else None
+            ref_grid, ref_window = call.run.reference_windows[self.layer.key]
             call.run.attention_record = AttentionRecord(
                 layer=self.layer, stage=call.stage, query=q[rows][0], own_keys=k[rows][0], refs=refs,
-                heads=heads, hw=hw, owner=owner)
+                heads=heads, hw=hw, ref_grid=ref_grid, ref_window=ref_window, owner=owner)
         out = self._rest_plain(q, k, v, extra, call.rows.plain_spans, heads)
         out[rows] = injected.to(out.dtype)
         call.run.calls[(call.stage, self.layer.name)] += 1

@@ -7,7 +7,8 @@ the separate pass runs (reference_pass.py), so other nodes' patches never meet r
 - another model_function_wrapper, or any attention/block patch that is not MagicFace's own;
 - conditioning inputs other than text context, adm ('y') and ControlNet residuals
   (e.g. inpainting's c_concat, whose references would have nothing to concatenate);
-- a latent of another size than the references' (area conditioning crops);
+- a frame the references do not fit in (aligned to 8 latent pixels); a larger frame, e.g. a
+  512x768 image with 512x512 references, gets them letterboxed, the border masked out;
 - a text context whose length is not a multiple of the references' (77 tokens per chunk).
 ControlNet residuals are padded with zero rows: references get no control, as in the
 separate pass. The reference context is repeated to the target's length; attention over a
@@ -16,6 +17,7 @@ context repeated n times equals attention over the context once.
 import torch
 
 from .attention_hooks import CrossAttentionHook, SelfAttentionHook
+from .reference_pass import letterbox
 
 COUPLABLE_CONDS = frozenset({"c_crossattn", "y", "control", "transformer_options"})
 
@@ -39,29 +41,31 @@ def _control_rows_match(control, rows: int) -> bool:
                                                    for r in residuals) for residuals in control.values())
 
 
-def can_couple(x, c: dict, refs, has_foreign_wrapper: bool) -> bool:
-    """Whether the references may join this call's batch (see the module docstring)."""
+def can_couple(x, c: dict, refs, has_foreign_wrapper: bool):
+    """The references' Letterbox in this call's frame when they may join its batch (see the
+    module docstring), else None."""
     if has_foreign_wrapper or not set(c) <= COUPLABLE_CONDS:
-        return False
+        return None
     if not _only_own_patches(c.get("transformer_options", {})):
-        return False
-    if tuple(x.shape[1:]) != tuple(refs.latents.shape[1:]):
-        return False
+        return None
+    box = letterbox(refs.latent_hw, x.shape[-2:])
+    if box is None or x.shape[1] != refs.latents.shape[1]:
+        return None
     context = c.get("c_crossattn")
     if context is None or context.shape[-1] != refs.context.shape[-1] or context.shape[1] % refs.context.shape[1]:
-        return False
+        return None
     if ("y" in c) != (refs.adm is not None) or ("y" in c and c["y"].shape[-1] != refs.adm.shape[-1]):
-        return False
-    return _control_rows_match(c.get("control"), x.shape[0])
+        return None
+    return box if _control_rows_match(c.get("control"), x.shape[0]) else None
 
 
 def _append_zero_rows(tensor, count: int):
     return torch.cat([tensor, tensor.new_zeros((count,) + tuple(tensor.shape[1:]))])
 
 
-def coupled_inputs(x, timestep, c: dict, refs, sigma_value: float):
+def coupled_inputs(x, timestep, c: dict, refs, sigma_value: float, box):
     """(x, timestep, c) of the target with the references' rows appended after its own."""
-    noisy, sigma = refs.noisy(sigma_value)
+    noisy, sigma = refs.noisy_in_frame(sigma_value, box)
     count = refs.count
     context = c["c_crossattn"]
     repeats = context.shape[1] // refs.context.shape[1]

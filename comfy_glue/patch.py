@@ -127,18 +127,19 @@ class ModelCallHook(_SharedOnCopy):
         try:
             refs = run.cached(("reference inputs", x.device, c["c_crossattn"].dtype, "y" in c),
                               lambda: ReferenceInputs(run.plan, apply_model.__self__, c, x.device))
-            coupled = can_couple(x, c, refs, has_foreign_wrapper=self.previous is not None)
+            box = can_couple(x, c, refs, has_foreign_wrapper=self.previous is not None)
+            coupled = box is not None
             rows = run.cached(("rows", cond_or_uncond, chunk, coupled, x.device),
                               lambda: batch_rows(cond_or_uncond, chunk, refs.count if coupled else 0, x.device))
             call = CallContext(run=run, mode=keys.MODE_TARGET, sigma=sigma, latent_hw=tuple(x.shape[-2:]),
-                               stage=stage, rows=rows)
+                               stage=stage, rows=rows, letterbox=box)
             if stage == keys.STAGE_RBA:
                 call.regions = self._regions(run, sigma)
             options = dict(c.get("transformer_options", {}))
             options[keys.CALL_CONTEXT_KEY] = call
             target_c = {**c, "transformer_options": options}
             if coupled:
-                coupled_x, coupled_t, coupled_c = coupled_inputs(x, timestep, target_c, refs, sigma)
+                coupled_x, coupled_t, coupled_c = coupled_inputs(x, timestep, target_c, refs, sigma, box)
                 out = apply_model(coupled_x, coupled_t, **coupled_c)[: rows.target_count]
             else:
                 run_reference_pass(run, self.patch.self_hooks, apply_model, c, refs, sigma)

@@ -8,7 +8,10 @@ feed RSA/RBA. Two ways to run them (see coupling.py for the choice):
   features are captured by the SelfAttentionHooks, the UNet output is discarded, so the output
   blocks after the last injection layer run on one pixel row (see OutputBlockCut).
 """
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 
 from . import keys
 from .host import noise_to_sigma
@@ -49,6 +52,33 @@ def last_needed_output_block(plan) -> int:
     return max((layer.key[1] for layer in plan.injection_layers if layer.key[0] == "output"), default=-1)
 
 
+# Latent strides of the UNet levels (at most 8): offsets that are multiples of this keep the
+# references' window aligned with every layer grid.
+_LETTERBOX_ALIGN = 8
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where the references' latent grid sits inside the target's frame, in latent pixels."""
+    frame_hw: tuple
+    ref_hw: tuple
+    top: int
+    left: int
+
+    def window(self, factor: int):
+        """(top, left, h, w) of the references at the layer grid of stride `factor`."""
+        return self.top // factor, self.left // factor, self.ref_hw[0] // factor, self.ref_hw[1] // factor
+
+
+def letterbox(ref_hw, frame_hw):
+    """The references centred (aligned down to 8) in a frame at least as large, or None."""
+    (h, w), (height, width) = tuple(ref_hw), tuple(frame_hw)
+    if height < h or width < w or any(n % _LETTERBOX_ALIGN for n in (h, w, height, width)):
+        return None
+    align = lambda extra: extra // 2 // _LETTERBOX_ALIGN * _LETTERBOX_ALIGN  # noqa: E731
+    return Letterbox((height, width), (h, w), align(height - h), align(width - w))
+
+
 class ReferenceInputs:
     """The references' model inputs for one run and device, moved there once.
 
@@ -71,6 +101,13 @@ class ReferenceInputs:
         sigma = torch.full((self.count,), sigma_value, device=device, dtype=torch.float32)
         noise = reference_noise(self.seed, sigma_value, self.latents.shape).to(device)
         return noise_to_sigma(self.model_sampling, sigma, noise, self.latents), sigma
+
+    def noisy_in_frame(self, sigma_value: float, box: Letterbox):
+        """noisy() placed in the target's frame; the border is zeros (never attended: masked out)."""
+        noisy, sigma = self.noisy(sigma_value)
+        (height, width), (h, w) = box.frame_hw, box.ref_hw
+        padding = (box.left, width - w - box.left, box.top, height - h - box.top)
+        return (F.pad(noisy, padding) if any(padding) else noisy), sigma
 
 
 def _reference_adm(base_model, plan, target_c, latent_hw, device):

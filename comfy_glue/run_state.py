@@ -30,7 +30,8 @@ class AttentionRecord:
     """One injection layer's last cond query/keys and references, for the attention-map preview.
 
     query, own_keys: (N, C) of the first cond row; owner: (N,) concept index per pixel under RBA
-    (-1 none), None under RSA; hw: the layer's token grid.
+    (-1 none), None under RSA; hw: the layer's token grid; ref_grid: the grid of the references'
+    keys; ref_window: (top, left, h, w) of the reference images inside it (letterboxing).
     """
     layer: object
     stage: str
@@ -39,6 +40,8 @@ class AttentionRecord:
     refs: object
     heads: int
     hw: tuple
+    ref_grid: tuple
+    ref_window: tuple
     owner: Optional[torch.Tensor] = None
 
 
@@ -50,6 +53,7 @@ class CallContext:
     latent_hw: tuple
     stage: Optional[str] = None     # keys.STAGE_RSA / STAGE_RBA / None
     rows: Optional[object] = None   # batch_rows.BatchRows of a target call
+    letterbox: Optional[object] = None  # reference_pass.Letterbox when the references ride in this call
     regions: Optional[torch.Tensor] = None        # (batch_elements, R, Hs, Ws) bool concept regions for RBA
     pending_self: dict = field(default_factory=dict)   # layer key -> (q, k) of seg rows
     propagation: PropagationQueue = field(default_factory=PropagationQueue)  # segmentation layers' maps
@@ -68,6 +72,7 @@ class MagicFaceRun:
         self.last_sigma = None
         self.frame_hw = None             # latent grid of the full frame (largest seen in this run)
         self.reference_kv = {}
+        self.reference_windows = {}      # layer key -> (keys grid (h, w), (top, left, h, w) of the references)
         self.segmentations = []          # [(sigma, [Segmentation per batch element])]
         self.label_history = []          # [(sigma, (E, Hs, Ws) long labels)]: small, kept for previews
         self.calls = Counter()           # (stage or "segmentation", layer name) -> calls
@@ -100,18 +105,29 @@ class MagicFaceRun:
         return self._cache[key]
 
     # --- reference features -------------------------------------------------------------
-    def _mask_layout(self, hw, device):
-        """Kept-key layout of the reference masks at one layer's token grid (one host sync, once)."""
+    def _mask_layout(self, hw, window, device):
+        """Kept-key layout of the reference masks on one layer grid, the masks filling `window`
+        (top, left, h, w) of it and nothing outside (one host sync, once per run and grid)."""
         mode = "nearest" if self.plan.mask_mode == keys.MASK_MODE_REFERENCE else "area"
-        masks = mask_to_layer(self.plan.reference_masks.to(device), hw[0], hw[1], mode=mode)
+        top, left, height, width = window
+        masks = mask_to_layer(self.plan.reference_masks.to(device), height, width, mode=mode)
+        if (height, width) != tuple(hw):
+            framed = masks.new_zeros(masks.shape[0], *hw)
+            framed[:, top:top + height, left:left + width] = masks.reshape(-1, height, width)
+            masks = framed.reshape(masks.shape[0], -1)
         return masks, pack_layout(masks, self.plan.weights, device)
 
-    def store_reference(self, layer, k, v, heads, reference_hw):
-        hw = layer_hw(reference_hw, layer.factor)
+    def store_reference(self, layer, k, v, heads, frame_hw, box=None):
+        """Reference keys/values of one layer; frame_hw: the latent grid they were computed on,
+        box: the references' Letterbox in it (None: they fill it)."""
+        hw = layer_hw(frame_hw, layer.factor)
         if hw[0] * hw[1] != k.shape[1]:
             raise RuntimeError(f"MagicFace: reference tokens {k.shape[1]} do not match grid {hw} at {layer.name}")
-        masks, layout = self.cached(("mask layout", hw, k.device), lambda: self._mask_layout(hw, k.device))
+        window = (0, 0) + hw if box is None else box.window(layer.factor)
+        masks, layout = self.cached(("mask layout", hw, window, k.device),
+                                    lambda: self._mask_layout(hw, window, k.device))
         self.reference_kv[layer.key] = make_reference_kv(k, v, masks, self.plan.weights, heads, layout=layout)
+        self.reference_windows[layer.key] = (hw, window)
 
     # --- segmentation ----------------------------------------------------------------------
     def finish_segmentation(self, call: CallContext):
@@ -164,6 +180,7 @@ class MagicFaceRun:
 
     def release_references(self):
         self.reference_kv.clear()
+        self.reference_windows.clear()
 
     def release(self):
         self.release_references()

@@ -75,16 +75,17 @@ class MagicFaceAttentionMap:
         else:
             maps = point_attention_to_references(record.query[index], record.own_keys, record.refs, record.heads,
                                                  only_reference=only)
+        top, left, height, width = record.ref_window
+        maps = maps.reshape(maps.shape[0], *record.ref_grid)[:, top:top + height, left:left + width]
         return self._render(maps, probe.plan.reference_images, report["concept_names"], opacity), \
             _mark(images[0, ..., :3].float(), x, y)[None]
 
     @staticmethod
     def _render(maps, reference_images, names, opacity):
         size = reference_images.shape[1]
-        side = int(round(maps.shape[1] ** 0.5))
         frames = []
-        for index, probabilities in enumerate(maps):
-            grid = probabilities.reshape(side, -1)[None, None]
+        for index, probabilities in enumerate(maps):  # (R, h, w): each reference's own window
+            grid = probabilities[None, None]
             heat = F.interpolate(grid, size=(size, size), mode="nearest")[0, 0]
             heat = heat / heat.max().clamp_min(1e-12)
             alpha = opacity * heat[..., None]

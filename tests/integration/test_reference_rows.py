@@ -27,7 +27,7 @@ def _reference_calls(patch):
 def _separate_pass_only():
     patch_module = pack_module("comfy_glue.patch")
     saved = patch_module.can_couple
-    patch_module.can_couple = lambda *args, **kwargs: False
+    patch_module.can_couple = lambda *args, **kwargs: None
     try:
         yield
     finally:
@@ -98,3 +98,31 @@ def test_foreign_block_patch_never_sees_reference_rows(tiny, negative):
     sample(patched, positive, negative, torch.zeros(LATENT), steps=3)
     assert _reference_calls(patch) == (0, 3)
     assert foreign.batches and set(foreign.batches) == {2}  # cond + uncond only, never 2 + R
+
+
+def test_larger_frame_letterboxes_the_references(tiny, negative):
+    model, clip, vae = tiny
+    patched, positive, patch = apply(model, clip, vae, _two_concepts(), PROMPT)  # 16x16 reference latents
+    latent = sample(patched, positive, negative, torch.zeros(1, 4, 16, 32), steps=3)
+    assert _reference_calls(patch) == (3, 0) and torch.isfinite(latent).all()
+    report = patch.report()
+    for layer in patch.plan.injection_layers:
+        assert report["calls"][("rsa", layer.name)] + report["calls"].get(("rba", layer.name), 0) == 3
+    record = report["attention"]
+    top, left, height, width = record.ref_window
+    factor = record.layer.factor
+    assert (height, width) == (16 // factor, 16 // factor) and record.ref_grid == (16 // factor, 32 // factor)
+    assert top == 0 and left == 8 // factor  # centred, aligned to 8 latent pixels
+    # Keys outside the window (the zero border) are never attended.
+    excluded = ~record.refs.key_mask.reshape(-1, *record.ref_grid)
+    assert excluded[:, :, :left].all() and excluded[:, :, left + width:].all()
+    images = vae.decode(latent)
+    maps, _ = node("MagicFaceAttentionMap").attention_map(patch, images, 0.5, 0.5, 0.6)
+    assert maps.shape[0] == 2 and torch.isfinite(maps).all() and maps.std() > 0
+
+
+def test_smaller_frame_takes_the_separate_pass(tiny, negative):
+    model, clip, vae = tiny
+    patched, positive, patch = apply(model, clip, vae, _two_concepts(), PROMPT)
+    latent = sample(patched, positive, negative, torch.zeros(1, 4, 16, 8), steps=2)
+    assert _reference_calls(patch) == (0, 2) and torch.isfinite(latent).all()
