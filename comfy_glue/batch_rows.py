@@ -16,13 +16,11 @@ from . import keys
 @dataclass(frozen=True)
 class BatchRows:
     cond: object                           # slice or (n,) long tensor: the target's cond rows
-    cond_count: int
     cond_elements: Optional[torch.Tensor]  # (n,) batch element of each cond row; None: 0..n-1 in order
     seg: object                            # slice or long tensor: [uncond_0, cond_0, uncond_1, ...] or cond rows
     seg_has_uncond: bool
     plain_spans: tuple                     # ((start, stop), ...) rows with plain attention (uncond, references)
     refs: Optional[slice]                  # reference rows appended by batch coupling
-    target_count: int                      # rows of the host's own batch
 
 
 def _selector(indices, device):
@@ -42,12 +40,10 @@ def _spans(is_plain):
     return tuple(spans)
 
 
-def batch_rows(cond_or_uncond, chunk: int, ref_count: int, device) -> Optional[BatchRows]:
-    """The row layout of a call, or None when the batch has no cond row."""
+def batch_rows(cond_or_uncond, chunk: int, ref_count: int, device) -> BatchRows:
+    """The row layout of a call whose cond_or_uncond holds at least one cond chunk."""
     flags = [flag for flag in cond_or_uncond for _ in range(chunk)]
     cond = [row for row, flag in enumerate(flags) if flag == keys.COND_FLAG]
-    if not cond:
-        return None
     uncond = [row for row, flag in enumerate(flags) if flag == keys.UNCOND_FLAG]
     has_uncond = bool(uncond)
     seg = [row for pair in zip(uncond[:chunk], cond[:chunk]) for row in pair] if has_uncond else cond[:chunk]
@@ -56,7 +52,7 @@ def batch_rows(cond_or_uncond, chunk: int, ref_count: int, device) -> Optional[B
         elements = torch.arange(len(cond), device=device) % chunk
     target = len(flags)
     refs = slice(target, target + ref_count) if ref_count else None
-    return BatchRows(cond=_selector(cond, device), cond_count=len(cond), cond_elements=elements,
+    return BatchRows(cond=_selector(cond, device), cond_elements=elements,
                      seg=_selector(seg, device), seg_has_uncond=has_uncond,
                      plain_spans=_spans([flag != keys.COND_FLAG for flag in flags] + [True] * ref_count),
-                     refs=refs, target_count=target)
+                     refs=refs)

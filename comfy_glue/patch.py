@@ -140,7 +140,7 @@ class ModelCallHook(_SharedOnCopy):
             target_c = {**c, "transformer_options": options}
             if coupled:
                 coupled_x, coupled_t, coupled_c = coupled_inputs(x, timestep, target_c, refs, sigma, box)
-                out = apply_model(coupled_x, coupled_t, **coupled_c)[: rows.target_count]
+                out = apply_model(coupled_x, coupled_t, **coupled_c)[: x.shape[0]]
             else:
                 run_reference_pass(run, self.patch.self_hooks, apply_model, c, refs, sigma)
                 out = self._forward(apply_model, {**args, "c": target_c})
