@@ -9,7 +9,6 @@ the rise over the starting point: torch.cuda.max_memory_allocated on CUDA, the p
 resident set (/proc VmHWM, reset through /proc/self/clear_refs) on Linux CPUs.
 """
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -18,18 +17,8 @@ from pathlib import Path
 
 import torch
 
-PACKAGE_DIR = Path(__file__).resolve().parents[1] / "magicface_attn"
-
-
-def load_core():
-    """Import magicface_attn from its path without putting the repository root on sys.path."""
-    spec = importlib.util.spec_from_file_location(
-        "magicface_attn", PACKAGE_DIR / "__init__.py", submodule_search_locations=[str(PACKAGE_DIR)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["magicface_attn"] = module
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the harness loads the core by path
+from harness import load_core  # noqa: E402
 
 
 def _proc_status_mib(field: str) -> float:

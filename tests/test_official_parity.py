@@ -6,35 +6,22 @@ interpret fails; only a missing directory skips. The package is loaded from its 
 the repository root never lands on sys.path (the pack's nodes/ would shadow ComfyUI's nodes.py).
 """
 import hashlib
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from harness import load_core
+
 REPO = Path(__file__).resolve().parents[1]
 VECTORS = Path(os.environ.get("MAGICFACE_VECTORS", REPO.parent / "shared" / "testdata" / "official_vectors"))
 RELATIVE_TOLERANCE = 1e-5
 
 
-def _load_core():
-    if "magicface_attn" in sys.modules:
-        return sys.modules["magicface_attn"]
-    package = REPO / "magicface_attn"
-    spec = importlib.util.spec_from_file_location(
-        "magicface_attn", package / "__init__.py", submodule_search_locations=[str(package)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["magicface_attn"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-mf = _load_core()
+mf = load_core()
 
 if not VECTORS.is_dir():
     pytest.skip(f"official vectors directory {VECTORS} is absent (set MAGICFACE_VECTORS)", allow_module_level=True)
