@@ -104,11 +104,17 @@ def select_injection_layers(layers, preset: str, custom: str = ""):
 
 
 def select_segmentation_layers(layers):
-    """Layers whose attention feeds the segmentation: all with text cross-attention at stride >= 2.
+    """Layers whose attention feeds the segmentation: every layer with text cross-attention
+    except those at the model's finest attention resolution (all of them if it has only one).
 
-    This is the reference code's set (its 32x32, 16x16 and 8x8 layers at a 64x64 latent).
+    SD1.x/SD2.x attend at the full latent resolution too, so this is the reference code's set:
+    its 32x32, 16x16 and 8x8 layers at a 64x64 latent. SDXL attends from half resolution on,
+    so this is its 60 quarter-resolution layers, the reference's "32x32 and below" at 1024x1024;
+    the 10 half-resolution layers would cost more than half of the segmentation's arithmetic.
     """
-    return [layer for layer in layers if layer.factor >= 2 and layer.has_cross]
+    crossed = [layer for layer in layers if layer.has_cross]
+    finest = min((layer.factor for layer in crossed), default=0)
+    return [layer for layer in crossed if layer.factor > finest] or crossed
 
 
 def layer_hw(latent_hw, factor):

@@ -10,6 +10,11 @@ SD21_UNET = dict(use_checkpoint=False, image_size=32, out_channels=4, use_spatia
                  transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], channel_mult=[1, 2, 4, 4], transformer_depth_middle=1,
                  use_linear_in_transformer=True, context_dim=1024, num_head_channels=64,
                  transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0])
+# SDXL base's UNet layout (3 levels, attention from the second on, 2 and 10 transformer blocks deep).
+SDXL_BASE_UNET = dict(SD21_UNET, num_res_blocks=[2, 2, 2], channel_mult=[1, 2, 4], context_dim=2048,
+                      transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_middle=10,
+                      transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], adm_in_channels=2816,
+                      num_classes="sequential")
 
 
 def glue(module):
@@ -69,6 +74,21 @@ def test_reference_mode_layers_are_the_reference_codes(comfy_host):
     assert sorted(layer.factor for layer in segmentation) == [2] * 5 + [4] * 5 + [8]
 
 
+def test_sdxl_layer_sets(comfy_host):
+    """'paper' on SDXL: decoder self-attention at its two finest attention levels (output blocks 0..5).
+    Segmentation: every cross-attention layer but the finest level's, as on SD 2.1 (the 60 at 32x32)."""
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    unet = UNetModel(**SDXL_BASE_UNET, device="meta", operations=comfy.ops.disable_weight_init)
+    layers = glue("layers")
+    found = layers.list_attention_layers(unet)
+    assert len(found) == 70 and {layer.factor for layer in found} == {2, 4}
+    chosen = layers.select_injection_layers(found, "paper")
+    assert sorted({layer.key[1] for layer in chosen}) == [0, 1, 2, 3, 4, 5] and len(chosen) == 36
+    segmentation = layers.select_segmentation_layers(found)
+    assert len(segmentation) == 60 and {layer.factor for layer in segmentation} == {4}
+
+
 def test_reference_mode_switch_step(tiny, negative):
     """50 DDIM steps with the default switch: RSA on steps 0..20, RBA from step 21, as the reference code."""
     model, clip, vae = tiny
@@ -80,3 +100,10 @@ def test_reference_mode_switch_step(tiny, negative):
     assert len(report["rsa_sigmas"]) == 21 and len(report["rba_sigmas"]) == 29
     assert all(n == 21 for n in injected_calls(report, "rsa").values())
     assert all(n == 29 for n in injected_calls(report, "rba").values())
+
+
+def test_segmentation_falls_back_to_the_only_attention_level(comfy_host):
+    layers = glue("layers")
+    single = [layers.AttentionLayer(("output", index, 0), 2, True) for index in range(3)]
+    assert layers.select_segmentation_layers(single) == single
+    assert layers.select_segmentation_layers([layers.AttentionLayer(("input", 1, 0), 1, False)]) == []
