@@ -9,7 +9,9 @@ plain, and MagicFace with R = 1..4 concepts (a MagicFacePlan built directly, no 
 Reports the median time ratio MagicFace / plain, the extra peak memory, and a per-part
 breakdown taken in a separate, synchronised run. --separate adds the largest R with the
 references in a separate UNet pass instead of coupled into the target's batch (a bench-side
-override of the product's choice) and reports its difference from the coupled result.
+override of the product's choice); --reference-every K adds the largest R in the approximate
+mode that makes reference features at one step in K. Both report their difference from the
+exact, coupled result of the same seed.
 """
 import argparse
 import datetime
@@ -47,6 +49,9 @@ def parse_args(argv=None):
     parser.add_argument("--no-coupling", action="store_true", help="skip the batch-coupling measurement")
     parser.add_argument("--separate", action="store_true",
                         help="also time the largest R with the separate reference pass instead of batch coupling")
+    parser.add_argument("--reference-every", default="",
+                        help="comma list of K >= 2: also time the largest R with reference features made at "
+                             "one step in K (the Stage Scheduler's approximate reference_every mode)")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU intra-op threads (default 1: on a shared, loaded CPU more threads wait on "
                              "each other at every op and timings explode)")
@@ -61,6 +66,9 @@ def parse_args(argv=None):
     concepts = args.concepts or ("1,3" if args.tiny else "1,2,3,4")
     args.concept_counts = [int(r) for r in concepts.split(",") if r.strip()]
     args.model_names = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.reference_every = [int(k) for k in args.reference_every.split(",") if k.strip()]
+    if any(k < 2 for k in args.reference_every):
+        parser.error("--reference-every takes step counts >= 2 (1 is the exact mode, always timed)")
     return args
 
 
@@ -90,12 +98,17 @@ def bootstrap_host(device: str):
 class Variant:
     """One sampling configuration: plain (plan None) or MagicFace with one plan."""
 
-    def __init__(self, label, model, patch=None, concepts=0, separate=False):
+    def __init__(self, label, model, patch=None, concepts=0, separate=False, reference_every=1):
         self.label, self.model, self.patch, self.concepts = label, model, patch, concepts
-        self.separate = separate
+        self.separate, self.reference_every = separate, reference_every
         self.times, self.result, self.peak_mib, self.parts, self.report = [], None, float("nan"), None, None
         self.syncs = None
         self.busy_s = None
+
+    @property
+    def exact(self) -> bool:
+        """MagicFace as the product runs it by default: coupled references made every step."""
+        return not self.separate and self.reference_every == 1
 
 
 def sample(variant, positive, negative, latent, args):
@@ -141,6 +154,11 @@ def bench_model(name, args, device, dtype):
         count = args.concept_counts[-1]
         model, patch = patched_model(base, make_plan(base, spec, count, seed=SEED))
         variants.append(Variant(f"R={count}, separate pass", model, patch, count, separate=True))
+    for every in args.reference_every:
+        count = args.concept_counts[-1]
+        model, patch = patched_model(base, make_plan(base, spec, count, seed=SEED, reference_every=every))
+        variants.append(Variant(f"R={count}, references every {every} steps", model, patch, count,
+                                reference_every=every))
 
     for variant in variants:  # warm-up (kernel choice, allocator) and the result for the checks
         _, variant.result = _run_variant(variant, positive, negative, latent, args, device)
@@ -239,15 +257,15 @@ def render(results, args, device, dtype):
         plain = variants[0]
         plain_s = statistics.median(plain.times)
         lines += [f"### {spec.name}, {spec.image_size} image (latent {spec.latent_hw[0]}x{spec.latent_hw[1]})", "",
-                  "| variant | median s | ratio vs plain | extra peak MiB | max abs diff vs coupled | host syncs |"
+                  "| variant | median s | ratio vs plain | extra peak MiB | max abs diff vs exact | host syncs |"
                   + (" GPU busy |" if args.gpu_busy else ""),
                   "|---|---|---|---|---|---|" + ("---|" if args.gpu_busy else "")]
-        coupled = {v.concepts: v for v in variants[1:] if not v.separate}
+        coupled = {v.concepts: v for v in variants[1:] if v.exact}
         for variant in variants:
             ratio = 1.0 if variant is plain else _median_ratio(variant, plain)
             extra = variant.peak_mib - plain.peak_mib if variant is not plain else 0.0
             diff = ""
-            if variant.separate:
+            if variant is not plain and not variant.exact:
                 reference = coupled[variant.concepts].result
                 delta = variant.result - reference
                 diff = f"{delta.abs().max().item():.3g} (rel. L2 {(delta.norm() / reference.norm()).item():.2g})"
@@ -264,7 +282,7 @@ def render(results, args, device, dtype):
             slope = _slope(xs, ys)
             lines += ["", f"Slope of time vs R: {slope:.3f}x plain per extra concept "
                           f"({slope * plain_s:.3f} s per concept per image)."]
-        lines += _breakdown_lines(variants, plain_s) + _coupling_lines(coupling) + _stage_lines(coupled_list) + [""]
+        lines += _breakdown_lines(variants, plain_s) + _coupling_lines(coupling) + _stage_lines(variants) + [""]
     return "\n".join(lines)
 
 
@@ -298,15 +316,23 @@ def _coupling_lines(coupling):
     return lines
 
 
-def _stage_lines(coupled_variants):
-    """Which steps computed what, from the patch's own report (segmentation decision included)."""
-    if not coupled_variants:
+def _stage_lines(variants):
+    """Which steps computed what, from the patches' own reports (segmentation decision included)."""
+    exact = [v for v in variants[1:] if v.exact]
+    if not exact:
         return []
-    report = coupled_variants[-1].report
+    report = exact[-1].report
     calls = report["calls"]
-    return ["", f"Steps (R={coupled_variants[-1].concepts}): {len(report['rsa_sigmas'])} RSA, "
-                f"{len(report['rba_sigmas'])} RBA; segmentation computed at {calls.get(('segmentation', 'step'), 0)} "
-                f"steps, semantic CFG applied at {calls.get(('guidance', 'step'), 0)}."]
+    lines = ["", f"Steps (R={exact[-1].concepts}): {len(report['rsa_sigmas'])} RSA, "
+                 f"{len(report['rba_sigmas'])} RBA; segmentation computed at {calls.get(('segmentation', 'step'), 0)} "
+                 f"steps, semantic CFG applied at {calls.get(('guidance', 'step'), 0)}."]
+    for variant in variants[1:]:
+        if variant.reference_every > 1:
+            calls = variant.report["calls"]
+            made = sum(n for (kind, how), n in calls.items() if kind == "references" and how != "reused")
+            lines.append(f"{variant.label}: reference features made at {made} steps, reused at "
+                         f"{calls.get(('references', 'reused'), 0)}.")
+    return lines
 
 
 def check_results(results):

@@ -112,7 +112,8 @@ def conditioning(spec: ModelSpec, seed: int):
     return one(), one()
 
 
-def make_plan(model_patcher, spec: ModelSpec, concepts: int, seed: int = 0, semantic_cfg: bool = True):
+def make_plan(model_patcher, spec: ModelSpec, concepts: int, seed: int = 0, semantic_cfg: bool = True,
+              reference_every: int = 1):
     """A MagicFacePlan as MagicFace Apply would build it, without CLIP/VAE: random reference
     latents at the target's size, a central rectangle per concept mask, 'paper' layers."""
     layers = glue("layers")
@@ -133,7 +134,8 @@ def make_plan(model_patcher, spec: ModelSpec, concepts: int, seed: int = 0, sema
         reference_pooled=pooled, concept_tokens=tuple((2 + 3 * i,) for i in range(concepts)),
         concept_names=tuple(f"concept{i}" for i in range(concepts)),
         ca_scale=0.9 if concepts == 1 else 0.6, semantic_cfg=semantic_cfg,
-        sigma_start=sigma(0.0), sigma_switch=sigma(0.42), sigma_end=sigma(1.0), seed=seed)
+        sigma_start=sigma(0.0), sigma_switch=sigma(0.42), sigma_end=sigma(1.0), seed=seed,
+        reference_every=reference_every)
 
 
 def patched_model(model_patcher, plan):

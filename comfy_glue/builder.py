@@ -108,8 +108,8 @@ def apply_magicface(model, clip, vae, concepts, prompt, schedule, seed=0, refere
                                   "use the 'paper' or 'all decoder' preset, or list existing layers.")
     segmentation = select_segmentation_layers(layers)
     if not segmentation:
-        raise MagicFaceInputError(NODE, "model", "this UNet has no text cross-attention below full resolution, "
-                                  "which the segmentation needs.", "use an SD1.x, SD2.x or SDXL checkpoint.")
+        raise MagicFaceInputError(NODE, "model", "this UNet has no text cross-attention, which the segmentation "
+                                  "needs.", "use an SD1.x, SD2.x or SDXL checkpoint.")
     concept_tokens = locate_concept_tokens(clip.tokenize, prompt, [c.words for c in concepts])
     cond, pooled = encode_text(clip, prompt)
     conditioning = [[cond, {"pooled_output": pooled}]]
@@ -138,7 +138,7 @@ def apply_magicface(model, clip, vae, concepts, prompt, schedule, seed=0, refere
         concept_tokens=tuple(tuple(t) for t in concept_tokens), concept_names=tuple(c.words for c in concepts),
         ca_scale=schedule.resolved_ca_scale(len(concepts)), semantic_cfg=bool(schedule.semantic_cfg),
         sigma_start=sigma_of(schedule.start_at), sigma_switch=sigma_of(schedule.switch_at),
-        sigma_end=sigma_of(schedule.end_at), seed=int(seed))
+        sigma_end=sigma_of(schedule.end_at), seed=int(seed), reference_every=int(schedule.reference_every))
     patched = model.clone()
     patch = MagicFacePatch(plan)
     patch.install(patched)

@@ -61,6 +61,7 @@ class StageSchedule:
     ca_scale: float = 0.0          # 0 = automatic: 0.9 for one concept, 0.6 for several (reference advice)
     semantic_cfg: bool = True
     mask_mode: str = keys.MASK_MODE_AREA
+    reference_every: int = 1       # steps between fresh reference features; 1 = every step (exact)
 
     def resolved_ca_scale(self, concept_count: int) -> float:
         if self.ca_scale > 0:

@@ -123,11 +123,13 @@ class ModelCallHook(_SharedOnCopy):
         if not run.covers(x.shape[-2:]):
             return self._forward(apply_model, args)
         chunk = x.shape[0] // len(cond_or_uncond)
+        run.begin_step(sigma)
+        fresh = run.references_due()
         call = None
         try:
             refs = run.cached(("reference inputs", x.device, c["c_crossattn"].dtype, "y" in c),
                               lambda: ReferenceInputs(run.plan, apply_model.__self__, c, x.device))
-            box = can_couple(x, c, refs, has_foreign_wrapper=self.previous is not None)
+            box = can_couple(x, c, refs, has_foreign_wrapper=self.previous is not None) if fresh else None
             coupled = box is not None
             rows = run.cached(("rows", cond_or_uncond, chunk, coupled, x.device),
                               lambda: batch_rows(cond_or_uncond, chunk, refs.count if coupled else 0, x.device))
@@ -142,9 +144,12 @@ class ModelCallHook(_SharedOnCopy):
                 coupled_x, coupled_t, coupled_c = coupled_inputs(x, timestep, target_c, refs, sigma, box)
                 out = apply_model(coupled_x, coupled_t, **coupled_c)[: x.shape[0]]
             else:
-                run_reference_pass(run, self.patch.self_hooks, apply_model, c, refs, sigma)
+                if fresh:
+                    run_reference_pass(run, self.patch.self_hooks, apply_model, c, refs, sigma)
                 out = self._forward(apply_model, {**args, "c": target_c})
-            run.calls[("references", "coupled" if coupled else "separate pass")] += 1
+            if fresh:
+                run.references_made()
+            run.calls[("references", ("coupled" if coupled else "separate pass") if fresh else "reused")] += 1
             run.stage_sigmas[stage].append(sigma)
             run.finish_segmentation(call)
             return out
@@ -154,9 +159,11 @@ class ModelCallHook(_SharedOnCopy):
         finally:
             if call is not None:
                 call.release()
-            # Reference features are valid for one noise level only; dropping them after each call
-            # means an interrupt between steps leaves nothing large behind.
-            run.release_references()
+            # Exact mode: reference features are valid for one noise level only; dropping them after
+            # each call means an interrupt between steps leaves nothing large behind. The approximate
+            # mode keeps them for the next steps; the run's end releases them.
+            if run.plan.reference_every == 1:
+                run.release_references()
 
     @staticmethod
     def _regions(run, sigma):

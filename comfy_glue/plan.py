@@ -20,6 +20,8 @@ class MagicFacePlan(_SharedOnCopy):
     reference_images: the references as encoded (R, S, S, 3), kept for the preview nodes.
     sigma_start > sigma_switch > sigma_end: the effect runs while sigma_end <= sigma <= sigma_start;
     RSA while sigma > sigma_switch, RBA after.
+    reference_every: the references' features are recomputed at one step in this many and reused
+    in between (1: every step, as the reference code; more is faster and approximate).
     """
     injection_layers: tuple
     segmentation_layers: tuple
@@ -38,6 +40,7 @@ class MagicFacePlan(_SharedOnCopy):
     sigma_end: float
     seed: int
     reference_images: Optional[torch.Tensor] = None   # (R, S, S, 3) as encoded, for previews
+    reference_every: int = 1
 
     @property
     def concept_count(self) -> int:

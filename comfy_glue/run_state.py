@@ -79,6 +79,9 @@ class MagicFaceRun:
         self.attention_record = None     # AttentionRecord of the last injected call
         self.stage_sigmas = {keys.STAGE_RSA: [], keys.STAGE_RBA: []}
         self._cache = {}                 # per-run constants on the device (see cached())
+        self.step_count = 0              # noise levels MagicFace acted on so far
+        self._step_sigma = None
+        self.reference_step = None       # step_count when the stored reference features were made
 
     def is_continued_by(self, sigma: float) -> bool:
         """Whether a model call at this sigma belongs to this run (sigmas never rise within one)."""
@@ -105,6 +108,20 @@ class MagicFaceRun:
         return self._cache[key]
 
     # --- reference features -------------------------------------------------------------
+    def begin_step(self, sigma: float):
+        """Counts noise levels, not calls: samplers may call the model several times at one sigma."""
+        if self._step_sigma is None or not same_sigma(sigma, self._step_sigma):
+            self.step_count += 1
+            self._step_sigma = sigma
+
+    def references_due(self) -> bool:
+        """Whether this call computes the references' features, or reuses those of an earlier
+        step (plan.reference_every > 1, the approximate mode)."""
+        return not self.reference_kv or self.step_count - self.reference_step >= self.plan.reference_every
+
+    def references_made(self):
+        self.reference_step = self.step_count
+
     def _mask_layout(self, hw, window, device):
         """Kept-key layout of the reference masks on one layer grid, the masks filling `window`
         (top, left, h, w) of it and nothing outside (one host sync, once per run and grid)."""
@@ -181,6 +198,7 @@ class MagicFaceRun:
     def release_references(self):
         self.reference_kv.clear()
         self.reference_windows.clear()
+        self.reference_step = None
 
     def release(self):
         self.release_references()

@@ -5,6 +5,7 @@ from ..comfy_glue.errors import MagicFaceInputError
 from ..comfy_glue.layers import parse_custom_layers
 
 NODE = "MagicFace Stage Scheduler"
+MAX_REFERENCE_EVERY = 10
 
 
 class MagicFaceStageScheduler:
@@ -39,18 +40,30 @@ class MagicFaceStageScheduler:
                 "mask_mode": (list(keys.MASK_MODES), {"tooltip": "area: soft masks averaged to each layer "
                                                       "(default); reference: the reference code's 255-only, "
                                                       "128x128 nearest rule."}),
-            }
+            },
+            "optional": {
+                "reference_every": ("INT", {"default": 1, "min": 1, "max": MAX_REFERENCE_EVERY,
+                                            "tooltip": "Faster, approximate: compute the references' features at "
+                                                       "one step in this many and reuse them in between. 1 = every "
+                                                       "step (exact, the reference code). Saves most on large models "
+                                                       "such as SDXL, where each reference costs about one more "
+                                                       "image in every step."}),
+            },
         }
 
-    def schedule(self, switch_at, start_at, end_at, layers, custom_layers, ca_scale, semantic_cfg, mask_mode):
+    def schedule(self, switch_at, start_at, end_at, layers, custom_layers, ca_scale, semantic_cfg, mask_mode,
+                 reference_every=1):
         if not start_at <= switch_at <= end_at:
             raise MagicFaceInputError(NODE, "switch_at", f"need start_at <= switch_at <= end_at, got "
                                       f"{start_at}, {switch_at}, {end_at}.", "order the three fractions.")
         if start_at >= end_at:
             raise MagicFaceInputError(NODE, "end_at", f"start_at {start_at} >= end_at {end_at}: MagicFace would "
                                       "never act.", "set end_at above start_at (defaults: 0.0 and 1.0).")
+        if not 1 <= int(reference_every) <= MAX_REFERENCE_EVERY:
+            raise MagicFaceInputError(NODE, "reference_every", f"{reference_every} is outside 1..{MAX_REFERENCE_EVERY}.",
+                                      "use 1 (exact) or a small step count such as 2 or 4.")
         if layers == keys.LAYER_PRESET_CUSTOM:
             parse_custom_layers(custom_layers)  # fail here, not at sampling time
         return (StageSchedule(switch_at=switch_at, start_at=start_at, end_at=end_at, layers=layers,
                               custom_layers=custom_layers, ca_scale=ca_scale, semantic_cfg=semantic_cfg,
-                              mask_mode=mask_mode),)
+                              mask_mode=mask_mode, reference_every=int(reference_every)),)
