@@ -52,6 +52,10 @@ def parse_args(argv=None):
     parser.add_argument("--reference-every", default="",
                         help="comma list of K >= 2: also time the largest R with reference features made at "
                              "one step in K (the Stage Scheduler's approximate reference_every mode)")
+    parser.add_argument("--reference-size", type=int, default=0,
+                        help="square size in pixels of the references (MagicFace Apply's reference_size; "
+                             "default: the image size). Smaller ones are letterboxed into the target's call, "
+                             "or with --separate take their own, cheaper pass")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU intra-op threads (default 1: on a shared, loaded CPU more threads wait on "
                              "each other at every op and timings explode)")
@@ -67,6 +71,8 @@ def parse_args(argv=None):
     args.concept_counts = [int(r) for r in concepts.split(",") if r.strip()]
     args.model_names = [m.strip() for m in args.models.split(",") if m.strip()]
     args.reference_every = [int(k) for k in args.reference_every.split(",") if k.strip()]
+    if args.reference_size % 64:
+        parser.error("--reference-size must be a multiple of 64 (as MagicFace Apply's reference_size)")
     if any(k < 2 for k in args.reference_every):
         parser.error("--reference-every takes step counts >= 2 (1 is the exact mode, always timed)")
     return args
@@ -148,15 +154,16 @@ def bench_model(name, args, device, dtype):
     latent = torch.zeros(1, 4, *spec.latent_hw)
     variants = [Variant("plain", base)]
     for count in args.concept_counts:
-        model, patch = patched_model(base, make_plan(base, spec, count, seed=SEED))
+        model, patch = patched_model(base, make_plan(base, spec, count, seed=SEED, reference_size=args.reference_size))
         variants.append(Variant(f"R={count}", model, patch, count))
     if args.separate:
         count = args.concept_counts[-1]
-        model, patch = patched_model(base, make_plan(base, spec, count, seed=SEED))
+        model, patch = patched_model(base, make_plan(base, spec, count, seed=SEED, reference_size=args.reference_size))
         variants.append(Variant(f"R={count}, separate pass", model, patch, count, separate=True))
     for every in args.reference_every:
         count = args.concept_counts[-1]
-        model, patch = patched_model(base, make_plan(base, spec, count, seed=SEED, reference_every=every))
+        model, patch = patched_model(base, make_plan(base, spec, count, seed=SEED, reference_every=every,
+                                                            reference_size=args.reference_size))
         variants.append(Variant(f"R={count}, references every {every} steps", model, patch, count,
                                 reference_every=every))
 
@@ -251,6 +258,7 @@ def render(results, args, device, dtype):
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- {args.steps} steps {SAMPLER}/{SCHEDULER}, cfg {args.cfg}, RSA until 42 % of the schedule then RBA, "
         f"semantic CFG on, 'paper' layers; {args.repeats} interleaved timed runs per variant, medians",
+        f"- references: {f'{args.reference_size}x{args.reference_size}' if args.reference_size else 'the image size'}",
         "",
     ]
     for spec, variants, coupling in results:

@@ -113,9 +113,10 @@ def conditioning(spec: ModelSpec, seed: int):
 
 
 def make_plan(model_patcher, spec: ModelSpec, concepts: int, seed: int = 0, semantic_cfg: bool = True,
-              reference_every: int = 1):
+              reference_every: int = 1, reference_size: int = 0):
     """A MagicFacePlan as MagicFace Apply would build it, without CLIP/VAE: random reference
-    latents at the target's size, a central rectangle per concept mask, 'paper' layers."""
+    latents at the target's size (or reference_size pixels square), a central rectangle per
+    concept mask, 'paper' layers."""
     layers = glue("layers")
     generator = torch.Generator().manual_seed(seed + 100)
     found = layers.list_attention_layers(model_patcher.model.diffusion_model)
@@ -125,10 +126,11 @@ def make_plan(model_patcher, spec: ModelSpec, concepts: int, seed: int = 0, sema
     sampling = model_patcher.model.model_sampling
     sigma = lambda fraction: float(sampling.percent_to_sigma(fraction))
     pooled = torch.randn(concepts, spec.pooled_dim, generator=generator) if spec.pooled_dim else None
+    reference_hw = (reference_size // 8,) * 2 if reference_size else spec.latent_hw
     return glue("plan").MagicFacePlan(
         injection_layers=tuple(layers.select_injection_layers(found, "paper")),
         segmentation_layers=tuple(layers.select_segmentation_layers(found)),
-        reference_latents=torch.randn(concepts, 4, *spec.latent_hw, generator=generator),
+        reference_latents=torch.randn(concepts, 4, *reference_hw, generator=generator),
         reference_masks=masks, mask_mode="area", weights=tuple([2.5] + [2.0] * (concepts - 1)),
         reference_context=torch.randn(concepts, 77, spec.unet["context_dim"], generator=generator),
         reference_pooled=pooled, concept_tokens=tuple((2 + 3 * i,) for i in range(concepts)),

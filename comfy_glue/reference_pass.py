@@ -11,7 +11,6 @@ feed RSA/RBA. Two ways to run them (see coupling.py for the choice):
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from . import keys
 from .host import noise_to_sigma
@@ -94,6 +93,7 @@ class ReferenceInputs:
         self.context = plan.reference_context.to(device, target_c["c_crossattn"].dtype)
         self.adm = _reference_adm(base_model, plan, target_c, self.latent_hw, device)
         self.model_sampling = base_model.model_sampling
+        self._wrap_box, self._wrap = None, None
 
     def noisy(self, sigma_value: float):
         """(noisy latents (R, C_lat, h, w) float32, sigma (R,) float32) at noise level sigma_value."""
@@ -103,11 +103,28 @@ class ReferenceInputs:
         return noise_to_sigma(self.model_sampling, sigma, noise, self.latents), sigma
 
     def noisy_in_frame(self, sigma_value: float, box: Letterbox):
-        """noisy() placed in the target's frame; the border is zeros (never attended: masked out)."""
+        """noisy() placed in the target's frame, the border filled with wrapped copies of it.
+
+        The border's keys are masked out, but the references' own group norms, convolutions and
+        self-attention still see it. Copies of the reference keep those close to a pass at the
+        reference's own size: on the tiny test model a zero border moved the result by 28-72 % of
+        MagicFace's whole effect against that pass, wrapped copies by 10-20 %.
+        """
         noisy, sigma = self.noisy(sigma_value)
-        (height, width), (h, w) = box.frame_hw, box.ref_hw
-        padding = (box.left, width - w - box.left, box.top, height - h - box.top)
-        return (F.pad(noisy, padding) if any(padding) else noisy), sigma
+        if box.frame_hw == box.ref_hw:
+            return noisy, sigma
+        rows, columns = self._wrap_indices(box)
+        return noisy[:, :, rows[:, None], columns[None, :]], sigma
+
+    def _wrap_indices(self, box: Letterbox):
+        """Source row and column of every frame pixel: (frame h,), (frame w,) long, on the device."""
+        if self._wrap_box != box:
+            device = self.latents.device
+            (height, width), (h, w) = box.frame_hw, box.ref_hw
+            self._wrap = ((torch.arange(height, device=device) - box.top) % h,
+                          (torch.arange(width, device=device) - box.left) % w)
+            self._wrap_box = box
+        return self._wrap
 
 
 def _reference_adm(base_model, plan, target_c, latent_hw, device):
