@@ -11,7 +11,7 @@ from .concepts import _SharedOnCopy
 from .host import host_attention
 from .layers import layer_hw
 from .run_state import AttentionRecord
-from ..magicface_attn import concept_owner, rba_attention, rsa_attention
+from ..magicface_attn import concept_owner, concept_pixel_groups, rba_attention, rsa_attention
 
 
 def _grid_nearest(mask, hw):
@@ -21,6 +21,21 @@ def _grid_nearest(mask, hw):
     rows = torch.div(torch.arange(h, device=mask.device) * hs, h, rounding_mode="floor")
     cols = torch.div(torch.arange(w, device=mask.device) * ws, w, rounding_mode="floor")
     return mask[..., rows[:, None], cols[None, :]].reshape(*mask.shape[:-2], h * w)
+
+
+def prepare_rba_regions(call, grids):
+    """Concept regions and their pixel groups at each injection grid, before the UNet runs: the
+    groups' sizes are read on the host (one sync per grid) while the device has little queued.
+
+    call.regions: (batch elements, R, Hs, Ws) bool. Fills call.layer_regions[(h, w)] with
+    (cond rows, R, h*w) bool and call.layer_groups[(h, w)] with concept_pixel_groups of it.
+    """
+    for hw in grids:
+        regions = _grid_nearest(call.regions, hw)
+        if call.rows.cond_elements is not None:
+            regions = regions[call.rows.cond_elements]
+        call.layer_regions[hw] = regions
+        call.layer_groups[hw] = concept_pixel_groups(regions)
 
 
 class SelfAttentionHook(_SharedOnCopy):
@@ -67,8 +82,8 @@ class SelfAttentionHook(_SharedOnCopy):
         else:
             if call.regions is None:
                 return None
-            regions = self._layer_regions(call, hw)
-            injected = rba_attention(q[rows], k[rows], v[rows], refs, regions, heads)
+            regions = call.layer_regions[hw]
+            injected = rba_attention(q[rows], k[rows], v[rows], refs, regions, heads, groups=call.layer_groups[hw])
         if self.record:
             owner = concept_owner(regions[:1])[0] if regions is not None else None
             ref_grid, ref_window = call.run.reference_windows[self.layer.key]
@@ -79,17 +94,6 @@ class SelfAttentionHook(_SharedOnCopy):
         out[rows] = injected.to(out.dtype)
         call.run.calls[(call.stage, self.layer.name)] += 1
         return out
-
-    @staticmethod
-    def _layer_regions(call, hw):
-        """(cond rows, R, h*w) bool concept regions at this grid, made once per call and grid."""
-        regions = call.layer_regions.get(hw)
-        if regions is None:
-            regions = _grid_nearest(call.regions, hw)
-            if call.rows.cond_elements is not None:
-                regions = regions[call.rows.cond_elements]
-            call.layer_regions[hw] = regions
-        return regions
 
     def _rest_plain(self, q, k, v, extra, spans, heads):
         if self.previous is not None:  # another node's patch sees the whole batch, as it expects

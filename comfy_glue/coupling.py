@@ -7,9 +7,10 @@ the separate pass runs (reference_pass.py), so other nodes' patches never meet r
 - another model_function_wrapper, or any attention/block patch that is not MagicFace's own;
 - conditioning inputs other than text context, adm ('y') and ControlNet residuals
   (e.g. inpainting's c_concat, whose references would have nothing to concatenate);
-- a frame the references do not fit in (aligned to 8 latent pixels); a larger frame, e.g. a
-  512x768 image with 512x512 references, gets them letterboxed: the border filled with
-  wrapped copies of them (see ReferenceInputs.noisy_in_frame) and masked out of their keys;
+- a frame the references do not fit in (aligned to 8 latent pixels) or fill less than half
+  of; a larger frame, e.g. a 512x768 image with 512x512 references, gets them letterboxed: the
+  border filled with wrapped copies of them (see ReferenceInputs.noisy_in_frame) and masked
+  out of their keys;
 - a text context whose length is not a multiple of the references' (77 tokens per chunk).
 ControlNet residuals are padded with zero rows: references get no control, as in the
 separate pass. The reference context is repeated to the target's length; attention over a

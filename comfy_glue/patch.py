@@ -14,11 +14,12 @@ Hooks installed (all wrap what was there before, never overwrite it):
 import torch
 
 from . import keys
-from .attention_hooks import CrossAttentionHook, SelfAttentionHook
+from .attention_hooks import CrossAttentionHook, SelfAttentionHook, prepare_rba_regions
 from .batch_rows import batch_rows
 from .concepts import _SharedOnCopy
 from .guidance_hook import SemanticGuidanceHook
 from .host import add_outer_sample_wrapper, get_attention_replace, has_outer_sample_wrapper
+from .layers import layer_hw
 from .coupling import can_couple, coupled_inputs
 from .reference_pass import ReferenceInputs, run_reference_pass
 from .run_state import CallContext, MagicFaceRun
@@ -137,6 +138,9 @@ class ModelCallHook(_SharedOnCopy):
                                stage=stage, rows=rows, letterbox=box)
             if stage == keys.STAGE_RBA:
                 call.regions = self._regions(run, sigma)
+                if call.regions is not None:
+                    prepare_rba_regions(call, {layer_hw(call.latent_hw, layer.factor)
+                                               for layer in run.plan.injection_layers})
             options = dict(c.get("transformer_options", {}))
             options[keys.CALL_CONTEXT_KEY] = call
             target_c = {**c, "transformer_options": options}

@@ -54,6 +54,8 @@ def last_needed_output_block(plan) -> int:
 # Latent strides of the UNet levels (at most 8): offsets that are multiples of this keep the
 # references' window aligned with every layer grid.
 _LETTERBOX_ALIGN = 8
+# Letterbox only references that fill at least 1/this of the frame's area (see letterbox()).
+_MIN_LETTERBOX_FILL_INVERSE = 2
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,16 @@ class Letterbox:
 
 
 def letterbox(ref_hw, frame_hw):
-    """The references centred (aligned down to 8) in a frame at least as large, or None."""
+    """The references centred (aligned down to 8) in a frame at least as large, or None.
+
+    None too when they would fill less than half of it: letterboxed rows cost a whole frame
+    each, while their own pass costs their own size, which wins where the UNet is bound by
+    arithmetic (large frames, CPUs), and the letterbox is an approximation besides.
+    """
     (h, w), (height, width) = tuple(ref_hw), tuple(frame_hw)
     if height < h or width < w or any(n % _LETTERBOX_ALIGN for n in (h, w, height, width)):
+        return None
+    if h * w * _MIN_LETTERBOX_FILL_INVERSE < height * width:
         return None
     align = lambda extra: extra // 2 // _LETTERBOX_ALIGN * _LETTERBOX_ALIGN  # noqa: E731
     return Letterbox((height, width), (h, w), align(height - h), align(width - w))

@@ -58,11 +58,13 @@ class CallContext:
     pending_self: dict = field(default_factory=dict)   # layer key -> (q, k) of seg rows
     propagation: PropagationQueue = field(default_factory=PropagationQueue)  # segmentation layers' maps
     layer_regions: dict = field(default_factory=dict)   # (h, w) -> (cond rows, R, h*w) bool
+    layer_groups: dict = field(default_factory=dict)    # (h, w) -> concept_pixel_groups of layer_regions
 
     def release(self):
         self.pending_self.clear()
         self.propagation.clear()
         self.layer_regions.clear()
+        self.layer_groups.clear()
         self.regions = None
 
 

@@ -193,6 +193,55 @@ def _rba_fast(q, k, v, refs: ReferenceKV, owner, heads: int) -> torch.Tensor:
     return merge_heads(out).to(q.dtype)
 
 
+def concept_pixel_groups(regions: torch.Tensor) -> tuple:
+    """Each concept's pixels per row, for the gathered RBA path.
+
+    regions: (B, R, N) bool. Returns, per row, a tuple of R (count_i,) long pixel indices in
+    ascending order, owner rule of concept_owner. Reads the group sizes on the host: ONE host
+    synchronisation for all rows and concepts, so call it once per model call and layer grid.
+    """
+    owner = concept_owner(regions)
+    concepts = regions.shape[1]
+    # A stable sort by owner lists the -1 pixels first, then concept 0's, 1's, ... each in pixel order.
+    order = torch.argsort(owner, dim=1, stable=True)
+    values = torch.arange(-1, concepts, device=owner.device)
+    counts = (owner[:, None, :] == values[None, :, None]).sum(dim=2).tolist()
+    groups = []
+    for row, row_counts in enumerate(counts):
+        bounds = [sum(row_counts[: i + 1]) for i in range(concepts + 1)]
+        groups.append(tuple(order[row, bounds[i]: bounds[i + 1]] for i in range(concepts)))
+    return tuple(groups)
+
+
+def _rba_gathered(q, k, v, refs: ReferenceKV, groups, heads: int) -> torch.Tensor:
+    """Fast RBA on each concept's own pixels only: plain attention for all pixels, then each
+    concept's pixels are gathered, blended with its reference and written back. Same result as
+    _rba_fast, for the arithmetic of the concepts' areas instead of R whole images; the group
+    sizes are host ints (concept_pixel_groups), so nothing here synchronises.
+
+    q, k, v: (B, N, C); groups: concept_pixel_groups(regions). Returns (B, N, C).
+    """
+    dtype = compute_dtype(q)
+    q_h, k_h, v_h = (split_heads(t, heads, dtype) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q_h, k_h, v_h)  # the same call as plain_attention
+    dim = q_h.shape[-1]
+    width = padded_width(dim + 2)
+    scale = refs.head_dim ** -0.5
+    ref_keys, ref_values = _extend_reference(
+        refs.packed_keys, refs.packed_values, refs.packed_bias, scale, width, q_h
+    )
+    for row, row_groups in enumerate(groups):
+        own_k, own_v = _pad_heads(k_h[row : row + 1], width), _pad_heads(v_h[row : row + 1], width)
+        for index, pixels in enumerate(row_groups):
+            if pixels.numel() == 0 or refs.num_kept(index) == 0:
+                continue
+            span = refs.kept_slice(index)
+            q_ext = _extend_queries(q_h[row : row + 1, :, pixels], width)
+            blend = _joint_attention(q_ext, own_k, own_v, ref_keys[:, span], ref_values[:, span], scale, dim)
+            out[row : row + 1, :, pixels] = blend
+    return merge_heads(out).to(q.dtype)
+
+
 def _rba_materialised(q, k, v, refs: ReferenceKV, owner, heads: int) -> torch.Tensor:
     """Oracle: gathers each concept's pixels (host synchronisations) and materialises logits.
     Edits owner (B, N) in place."""
@@ -223,13 +272,16 @@ def _rba_materialised(q, k, v, refs: ReferenceKV, owner, heads: int) -> torch.Te
     return out
 
 
-def rba_attention(q, k, v, refs: ReferenceKV, regions, heads: int, impl: str = "auto") -> torch.Tensor:
+def rba_attention(q, k, v, refs: ReferenceKV, regions, heads: int, impl: str = "auto",
+                  groups=None) -> torch.Tensor:
     """Region-grouped blend attention (late steps).
 
     q, k, v: (B, N, C) target rows; regions: (B, R, N) bool, concept i's pixels at this layer.
     Pixels owned by concept i (see concept_owner) attend to their own keys plus reference i's
     keys only (same bias rule); all other pixels get plain self-attention. When no pixel blends
     (no region, or no kept key in the owning references) the result is plain_attention exactly.
+    groups: concept_pixel_groups(regions), made once per grid; with it the fast path computes
+    the blend for each concept's pixels only instead of for every pixel R times.
     The fast path never synchronises with the host. Returns (B, N, C).
     """
     _check_refs(q, refs, heads)
@@ -237,5 +289,9 @@ def rba_attention(q, k, v, refs: ReferenceKV, regions, heads: int, impl: str = "
     batch, tokens, _ = q.shape
     if tuple(regions.shape) != (batch, refs.num_refs, tokens):
         raise ValueError(f"regions must be {(batch, refs.num_refs, tokens)}, got {tuple(regions.shape)}")
+    if fast and groups is not None:
+        if len(groups) != batch or any(len(row) != refs.num_refs for row in groups):
+            raise ValueError(f"groups must hold {refs.num_refs} pixel sets for each of {batch} rows")
+        return _rba_gathered(q, k, v, refs, groups, heads)
     owner = concept_owner(regions.to(device=q.device, dtype=torch.bool))
     return (_rba_fast if fast else _rba_materialised)(q, k, v, refs, owner, heads)

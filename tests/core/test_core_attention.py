@@ -60,6 +60,30 @@ def test_rba_fast_matches_materialised(case):
 
 
 @PROPERTY
+@given(attention_case())
+def test_rba_gathered_matches_materialised_and_groups_follow_the_owner(case):
+    q, k, v, refs, regions, heads = case
+    groups = mf.concept_pixel_groups(regions)
+    owner = mf.concept_owner(regions)
+    for row, row_groups in enumerate(groups):
+        for index, pixels in enumerate(row_groups):
+            assert torch.equal(pixels, torch.nonzero(owner[row] == index).squeeze(1))
+    gathered = mf.rba_attention(q, k, v, refs, regions, heads, groups=groups)
+    plain = mf.rba_attention(q, k, v, refs, regions, heads, impl="plain")
+    torch.testing.assert_close(gathered, plain, atol=1e-5, rtol=1e-5)
+    outside = owner < 0
+    assert torch.equal(gathered[outside], mf.plain_attention(q, k, v, heads)[outside])
+
+
+def test_rba_rejects_groups_of_other_regions():
+    q, k, v = (torch.randn(1, 6, 4) for _ in range(3))
+    refs = mf.make_reference_kv(torch.randn(2, 6, 4), torch.randn(2, 6, 4), torch.ones(2, 6, dtype=torch.bool), [2.0, 3.0], 1)
+    regions = torch.ones(1, 2, 6, dtype=torch.bool)
+    with pytest.raises(ValueError, match="groups"):
+        mf.rba_attention(q, k, v, refs, regions, 1, groups=mf.concept_pixel_groups(regions[:, :1]))
+
+
+@PROPERTY
 @given(attention_case(), st.sampled_from(["fast", "plain", "auto"]))
 def test_empty_reference_masks_give_plain_attention_exactly(case, impl):
     q, k, v, refs, regions, heads = case
@@ -70,8 +94,8 @@ def test_empty_reference_masks_give_plain_attention_exactly(case, impl):
 
 
 @PROPERTY
-@given(attention_case(), st.sampled_from(["fast", "plain", "auto"]), st.booleans())
-def test_rba_is_plain_exactly_when_no_pixel_blends(case, impl, no_regions):
+@given(attention_case(), st.sampled_from(["fast", "plain", "auto"]), st.booleans(), st.booleans())
+def test_rba_is_plain_exactly_when_no_pixel_blends(case, impl, no_regions, gathered):
     """No region at all, or regions only for references without a kept key."""
     q, k, v, refs, regions, heads = case
     if no_regions:
@@ -80,7 +104,9 @@ def test_rba_is_plain_exactly_when_no_pixel_blends(case, impl, no_regions):
         for index in range(refs.num_refs):
             if refs.num_kept(index):
                 regions[:, index] = False
-    assert torch.equal(mf.rba_attention(q, k, v, refs, regions, heads, impl=impl), mf.plain_attention(q, k, v, heads))
+    groups = mf.concept_pixel_groups(regions) if gathered else None
+    out = mf.rba_attention(q, k, v, refs, regions, heads, impl=impl, groups=groups)
+    assert torch.equal(out, mf.plain_attention(q, k, v, heads))
 
 
 def test_rba_pixels_outside_regions_are_plain_exactly():
@@ -187,6 +213,7 @@ def test_half_precision_is_finite_and_close_to_float32(dtype, mask_kind):
     for run in (
         lambda r, *t: mf.rsa_attention(*t, r, heads),
         lambda r, *t: mf.rba_attention(*t, r, regions, heads),
+        lambda r, *t: mf.rba_attention(*t, r, regions, heads, groups=mf.concept_pixel_groups(regions)),
     ):
         out = run(half_refs, q, k, v)
         expected = run(full_refs, q.float(), k.float(), v.float()).to(dtype).float()

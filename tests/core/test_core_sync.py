@@ -121,11 +121,15 @@ def test_per_step_paths_do_not_synchronise(device):
     layers = _layer_maps(device)
     text = torch.randn(2, 7, q.shape[-1]).to(device)
     eps = torch.randn(2, 4, 8, 12).to(device)
+    # Made once per call and grid, with its one sync; meta tensors have no values to group.
+    groups = None if device == "meta" else mf.concept_pixel_groups(regions)
     with no_host_sync(device):
         refs = mf.make_reference_kv(ref_k, ref_v, masks, weights, heads, layout=layout)
         mf.rsa_attention(q, k, v, refs, heads, impl="fast")
         mf.rba_attention(q, k, v, refs, regions, heads, impl="fast")
         mf.rba_attention(q, k, v, refs, torch.zeros_like(regions), heads)
+        if groups is not None:
+            mf.rba_attention(q, k, v, refs, regions, heads, groups=groups)
         mf.concept_owner(regions)
         cross = mf.head_mean_cross_probs(q, text, heads)
         mf.smooth_propagate(q, k, cross, heads, impl="fast")

@@ -129,10 +129,10 @@ def test_smaller_frame_takes_the_separate_pass(tiny, negative):
     assert _reference_calls(patch) == (0, 2) and torch.isfinite(latent).all()
 
 
-@pytest.mark.parametrize("frame", [(16, 32), (24, 24)])
+@pytest.mark.parametrize("frame", [(16, 24), (16, 32)])
 def test_letterboxed_references_stay_close_to_their_own_pass(tiny, negative, frame):
     """The letterbox is an approximation (the references' norms and self-attention see the frame):
-    it must stay a small part of MagicFace's effect. A zero border gave 0.51 and 0.72 here."""
+    it must stay a small part of MagicFace's effect. A zero border gave 0.28 and 0.51 here."""
     model, clip, vae = tiny
     patched, positive, patch = apply(model, clip, vae, _two_concepts(), PROMPT)  # 16x16 reference latents
     latent = torch.zeros(1, 4, *frame)
@@ -143,4 +143,11 @@ def test_letterboxed_references_stay_close_to_their_own_pass(tiny, negative, fra
         separate = sample(patched, positive, negative, latent, steps=6)
     deviation = ((letterboxed - separate).norm() / (separate - plain).norm()).item()
     print(f"frame {frame}: letterbox deviation {deviation:.3f} of the effect")
-    assert deviation < 0.3, deviation
+    assert deviation < 0.25, deviation
+
+
+def test_references_filling_less_than_half_the_frame_take_their_own_pass(tiny, negative):
+    model, clip, vae = tiny
+    patched, positive, patch = apply(model, clip, vae, _two_concepts(), PROMPT)  # 16x16 reference latents
+    latent = sample(patched, positive, negative, torch.zeros(1, 4, 24, 24), steps=2)
+    assert _reference_calls(patch) == (0, 2) and torch.isfinite(latent).all()
