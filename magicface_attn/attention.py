@@ -166,8 +166,9 @@ def concept_owner(regions: torch.Tensor) -> torch.Tensor:
 
 def _rba_fast(q, k, v, refs: ReferenceKV, owner, heads: int) -> torch.Tensor:
     """Every pixel of every row is computed plain and blended with each reference that has kept
-    keys; torch.where picks per pixel. (R+1) full-query attentions instead of per-group gathers:
-    the GPU has slack, while finding the groups would synchronise with the host.
+    keys; torch.where picks per pixel. (R+1) full-query attentions, for callers without
+    concept_pixel_groups (finding the groups synchronises with the host); with them,
+    _rba_gathered does the same for the concepts' pixels only.
 
     q, k, v: (B, N, C); owner: (B, N) long (concept_owner). Returns (B, N, C).
     """
