@@ -14,6 +14,7 @@ mode that makes reference features at one step in K. Both report their differenc
 exact, coupled result of the same seed.
 """
 import argparse
+import dataclasses
 import datetime
 import math
 import platform
@@ -52,6 +53,9 @@ def parse_args(argv=None):
     parser.add_argument("--reference-every", default="",
                         help="comma list of K >= 2: also time the largest R with reference features made at "
                              "one step in K (the Stage Scheduler's approximate reference_every mode)")
+    parser.add_argument("--image-size", type=int, default=0,
+                        help="square image size in pixels (default: SD1.5 512, SDXL 1024, --tiny 128); e.g. "
+                             "256 runs the full-size UNets on a CPU in minutes")
     parser.add_argument("--reference-size", type=int, default=0,
                         help="square size in pixels of the references (MagicFace Apply's reference_size; "
                              "default: the image size). Smaller ones are letterboxed into the target's call, "
@@ -71,8 +75,8 @@ def parse_args(argv=None):
     args.concept_counts = [int(r) for r in concepts.split(",") if r.strip()]
     args.model_names = [m.strip() for m in args.models.split(",") if m.strip()]
     args.reference_every = [int(k) for k in args.reference_every.split(",") if k.strip()]
-    if args.reference_size % 64:
-        parser.error("--reference-size must be a multiple of 64 (as MagicFace Apply's reference_size)")
+    if args.reference_size % 64 or args.image_size % 64:
+        parser.error("--image-size and --reference-size must be multiples of 64")
     if any(k < 2 for k in args.reference_every):
         parser.error("--reference-every takes step counts >= 2 (1 is the exact mode, always timed)")
     return args
@@ -149,6 +153,8 @@ def _run_variant(variant, positive, negative, latent, args, device):
 
 def bench_model(name, args, device, dtype):
     spec = SPECS[(name, args.tiny)]
+    if args.image_size:
+        spec = dataclasses.replace(spec, latent_hw=(args.image_size // 8,) * 2)
     base = build_model_patcher(spec, device, dtype)
     positive, negative = conditioning(spec, SEED)
     latent = torch.zeros(1, 4, *spec.latent_hw)

@@ -3,7 +3,14 @@
 Layouts: attention tensors are (B, N, C), C = heads*d head-major, N = h*w row-major (y*w + x).
 This package imports nothing from ComfyUI.
 """
-from .attention import IMPLS, concept_owner, concept_pixel_groups, plain_attention, rba_attention, rsa_attention
+from .attention import (
+    IMPLS,
+    concept_owner,
+    concept_pixel_groups,
+    plain_attention,
+    rba_attention,
+    rsa_attention,
+)
 from .constants import (
     CA_SCALE_FOREGROUND_THRESHOLD,
     CA_SCALE_MULTI_CONCEPT,
@@ -35,7 +42,8 @@ __all__ = [
     "GAUSSIAN_KERNEL_SIZE", "GAUSSIAN_SIGMA", "IMPLS", "MASK_MODES", "MAX_GUIDANCE", "NORM_EPS",
     "RATE_CLAMP", "RATE_EPS", "REFERENCE_CFG", "REFERENCE_INJECT_STEP", "REFERENCE_MASK_ON_VALUE",
     "REFERENCE_MASK_SIZE", "REFERENCE_SEGMENTATION_DOWNSCALE", "REFERENCE_STEPS", "START_TOKEN",
-    "PackLayout", "ReferenceKV", "Segmentation", "concept_owner", "concept_pixel_groups", "gaussian_blur", "gaussian_kernel",
+    "PackLayout", "ReferenceKV", "Segmentation", "concept_owner", "concept_pixel_groups", "gaussian_blur",
+    "gaussian_kernel",
     "head_mean_cross_probs", "make_reference_kv", "mask_to_layer", "pack_layout", "plain_attention",
     "point_attention_to_references",
     "propagate_with_probs", "rba_attention", "reference_mode_mask", "resize_nearest",

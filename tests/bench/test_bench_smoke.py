@@ -16,7 +16,7 @@ RATIO_ROW = re.compile(r"^\| (R=\d+) \| [\d.]+ \| ([^ |]+)x \|", re.MULTILINE)
 def test_tiny_pipeline_bench_writes_finite_table(tmp_path):
     out = tmp_path / "perf.md"
     command = [sys.executable, str(REPO_ROOT / "bench" / "bench_pipeline.py"), "--tiny", "--models", "sd15",
-               "--concepts", "1,2", "--no-coupling", "--separate", "--out", str(out)]
+               "--concepts", "1,2", "--no-coupling", "--separate", "--reference-every", "2", "--out", str(out)]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=170)
     assert done.returncode == 0, done.stderr[-3000:]
     table = out.read_text()
@@ -27,3 +27,7 @@ def test_tiny_pipeline_bench_writes_finite_table(tmp_path):
     assert "joined attention (RSA/RBA)" in table  # the per-part breakdown ran
     separate = re.search(r"^\| R=2, separate pass \| [\d.]+ \| [\d.]+x \| [-\d]+ \| ([\d.e+-]+) \(rel", table, re.MULTILINE)
     assert separate and float(separate.group(1)) < 0.05, table  # both ways to run the references agree
+    every = re.search(r"^\| R=2, references every 2 steps \| [\d.]+ \| ([\d.]+)x \| [-\d]+ \| [\d.e+-]+ \(rel\. L2 "
+                      r"([\d.e+-]+)\)", table, re.MULTILINE)
+    assert every and math.isfinite(float(every.group(1))) and 0 < float(every.group(2)) < 1, table
+    assert "R=2, references every 2 steps: reference features made at 2 steps, reused at 2." in table
