@@ -1,7 +1,7 @@
 """Parity of magicface_attn with outputs of the official MagicFace code (stored vectors).
 
-Every *.safetensors file under $MAGICFACE_VECTORS (default <repo>/../shared/testdata/
-official_vectors) is one test, dispatched on its kind in manifest.json. A file this module cannot
+Every *.safetensors file under $MAGICFACE_VECTORS (default $MAGICFACE_SHARED/testdata/
+official_vectors, $MAGICFACE_SHARED defaulting to <repo>/../shared) is one test, dispatched on its kind in manifest.json. A file this module cannot
 interpret fails; only a missing directory skips. The package is loaded from its file path so
 the repository root never lands on sys.path (the pack's nodes/ would shadow ComfyUI's nodes.py).
 """
@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from harness import load_core
 
 REPO = Path(__file__).resolve().parents[1]
-VECTORS = Path(os.environ.get("MAGICFACE_VECTORS", REPO.parent / "shared" / "testdata" / "official_vectors"))
+SHARED = Path(os.environ.get("MAGICFACE_SHARED", REPO.parent / "shared"))
+VECTORS = Path(os.environ.get("MAGICFACE_VECTORS", SHARED / "testdata" / "official_vectors"))
 RELATIVE_TOLERANCE = 1e-5
 
 
