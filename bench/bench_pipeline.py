@@ -158,19 +158,18 @@ def bench_model(name, args, device, dtype):
     base = build_model_patcher(spec, device, dtype)
     positive, negative = conditioning(spec, SEED)
     latent = torch.zeros(1, 4, *spec.latent_hw)
+    def patched(count, every=1):
+        return patched_model(base, make_plan(base, spec, count, seed=SEED, reference_every=every,
+                                             reference_size=args.reference_size))
+
     variants = [Variant("plain", base)]
     for count in args.concept_counts:
-        model, patch = patched_model(base, make_plan(base, spec, count, seed=SEED, reference_size=args.reference_size))
-        variants.append(Variant(f"R={count}", model, patch, count))
+        variants.append(Variant(f"R={count}", *patched(count), count))
+    largest = args.concept_counts[-1]
     if args.separate:
-        count = args.concept_counts[-1]
-        model, patch = patched_model(base, make_plan(base, spec, count, seed=SEED, reference_size=args.reference_size))
-        variants.append(Variant(f"R={count}, separate pass", model, patch, count, separate=True))
+        variants.append(Variant(f"R={largest}, separate pass", *patched(largest), largest, separate=True))
     for every in args.reference_every:
-        count = args.concept_counts[-1]
-        model, patch = patched_model(base, make_plan(base, spec, count, seed=SEED, reference_every=every,
-                                                            reference_size=args.reference_size))
-        variants.append(Variant(f"R={count}, references every {every} steps", model, patch, count,
+        variants.append(Variant(f"R={largest}, references every {every} steps", *patched(largest, every), largest,
                                 reference_every=every))
 
     for variant in variants:  # warm-up (kernel choice, allocator) and the result for the checks

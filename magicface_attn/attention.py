@@ -14,6 +14,9 @@ The fast path never synchronises with the host (no .item(), boolean indexing or 
 runs once per layer and step, where a sync stalls the CPU that queues the GPU's work.
 impl="plain" materialises the logits exactly like the reference code (oracle for tests).
 """
+import itertools
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -164,6 +167,32 @@ def concept_owner(regions: torch.Tensor) -> torch.Tensor:
     return owner
 
 
+class _BlendInputs(NamedTuple):
+    """What both fast RBA forms start from: per-head q/k/v (B, H, N, d), plain attention for
+    every pixel (B, H, N, d), and the reference block folded to `width` (H, K, width)."""
+    q_h: torch.Tensor
+    k_h: torch.Tensor
+    v_h: torch.Tensor
+    plain: torch.Tensor
+    ref_keys: torch.Tensor
+    ref_values: torch.Tensor
+    width: int
+    scale: float
+
+
+def _blend_inputs(q, k, v, refs: ReferenceKV, heads: int) -> _BlendInputs:
+    dtype = compute_dtype(q)
+    q_h, k_h, v_h = (split_heads(t, heads, dtype) for t in (q, k, v))
+    # The same call as plain_attention, so pixels that blend nowhere stay bit-identical to it.
+    plain = F.scaled_dot_product_attention(q_h, k_h, v_h)
+    width = padded_width(q_h.shape[-1] + 2)
+    scale = refs.head_dim ** -0.5
+    ref_keys, ref_values = _extend_reference(
+        refs.packed_keys, refs.packed_values, refs.packed_bias, scale, width, q_h
+    )
+    return _BlendInputs(q_h, k_h, v_h, plain, ref_keys, ref_values, width, scale)
+
+
 def _rba_fast(q, k, v, refs: ReferenceKV, owner, heads: int) -> torch.Tensor:
     """Every pixel of every row is computed plain and blended with each reference that has kept
     keys; torch.where picks per pixel. (R+1) full-query attentions, for callers without
@@ -175,21 +204,14 @@ def _rba_fast(q, k, v, refs: ReferenceKV, owner, heads: int) -> torch.Tensor:
     blended = [index for index in range(refs.num_refs) if refs.num_kept(index)]
     if not blended:
         return plain_attention(q, k, v, heads)
-    dtype = compute_dtype(q)
-    q_h, k_h, v_h = (split_heads(t, heads, dtype) for t in (q, k, v))
-    # The same call as plain_attention, so pixels that blend nowhere stay bit-identical to it.
-    out = F.scaled_dot_product_attention(q_h, k_h, v_h)
-    dim = q_h.shape[-1]
-    width = padded_width(dim + 2)
-    scale = refs.head_dim ** -0.5
-    q_ext, own_k, own_v = _extend_queries(q_h, width), _pad_heads(k_h, width), _pad_heads(v_h, width)
-    ref_keys, ref_values = _extend_reference(
-        refs.packed_keys, refs.packed_values, refs.packed_bias, scale, width, q_h
-    )
+    parts = _blend_inputs(q, k, v, refs, heads)
+    out, dim, width = parts.plain, parts.q_h.shape[-1], parts.width
+    q_ext, own_k, own_v = _extend_queries(parts.q_h, width), _pad_heads(parts.k_h, width), _pad_heads(parts.v_h, width)
     owner_h = owner[:, None, :, None]  # (B, 1, N, 1): broadcast over heads and channels
     for index in blended:
         span = refs.kept_slice(index)
-        blend = _joint_attention(q_ext, own_k, own_v, ref_keys[:, span], ref_values[:, span], scale, dim)
+        blend = _joint_attention(q_ext, own_k, own_v, parts.ref_keys[:, span], parts.ref_values[:, span],
+                                 parts.scale, dim)
         out = torch.where(owner_h == index, blend, out)
     return merge_heads(out).to(q.dtype)
 
@@ -209,7 +231,7 @@ def concept_pixel_groups(regions: torch.Tensor) -> tuple:
     counts = (owner[:, None, :] == values[None, :, None]).sum(dim=2).tolist()
     groups = []
     for row, row_counts in enumerate(counts):
-        bounds = [sum(row_counts[: i + 1]) for i in range(concepts + 1)]
+        bounds = list(itertools.accumulate(row_counts))  # bounds[i]: where concept i's pixels start
         groups.append(tuple(order[row, bounds[i]: bounds[i + 1]] for i in range(concepts)))
     return tuple(groups)
 
@@ -222,24 +244,18 @@ def _rba_gathered(q, k, v, refs: ReferenceKV, groups, heads: int) -> torch.Tenso
 
     q, k, v: (B, N, C); groups: concept_pixel_groups(regions). Returns (B, N, C).
     """
-    dtype = compute_dtype(q)
-    q_h, k_h, v_h = (split_heads(t, heads, dtype) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q_h, k_h, v_h)  # the same call as plain_attention
-    dim = q_h.shape[-1]
-    width = padded_width(dim + 2)
-    scale = refs.head_dim ** -0.5
-    ref_keys, ref_values = _extend_reference(
-        refs.packed_keys, refs.packed_values, refs.packed_bias, scale, width, q_h
-    )
+    parts = _blend_inputs(q, k, v, refs, heads)
+    out, dim, width = parts.plain, parts.q_h.shape[-1], parts.width
     for row, row_groups in enumerate(groups):
-        own_k, own_v = _pad_heads(k_h[row : row + 1], width), _pad_heads(v_h[row : row + 1], width)
+        own_k, own_v = _pad_heads(parts.k_h[row : row + 1], width), _pad_heads(parts.v_h[row : row + 1], width)
         for index, pixels in enumerate(row_groups):
             if pixels.numel() == 0 or refs.num_kept(index) == 0:
                 continue
             span = refs.kept_slice(index)
-            q_ext = _extend_queries(q_h[row : row + 1, :, pixels], width)
-            blend = _joint_attention(q_ext, own_k, own_v, ref_keys[:, span], ref_values[:, span], scale, dim)
-            out[row : row + 1, :, pixels] = blend
+            q_ext = _extend_queries(parts.q_h[row : row + 1, :, pixels], width)
+            out[row : row + 1, :, pixels] = _joint_attention(
+                q_ext, own_k, own_v, parts.ref_keys[:, span], parts.ref_values[:, span], parts.scale, dim
+            )
     return merge_heads(out).to(q.dtype)
 
 
