@@ -72,14 +72,19 @@ def parse_args(argv=None):
     args.steps = args.steps or (4 if args.tiny else 20)
     args.repeats = args.repeats or (1 if args.tiny else 3)
     concepts = args.concepts or ("1,3" if args.tiny else "1,2,3,4")
-    args.concept_counts = [int(r) for r in concepts.split(",") if r.strip()]
     args.model_names = [m.strip() for m in args.models.split(",") if m.strip()]
+    read_sizes_and_counts(parser, args, concepts)
+    return args
+
+
+def read_sizes_and_counts(parser, args, concepts: str):
+    """Options both bench scripts share: R list, K list, image and reference sizes."""
+    args.concept_counts = [int(r) for r in concepts.split(",") if r.strip()]
     args.reference_every = [int(k) for k in args.reference_every.split(",") if k.strip()]
     if args.reference_size % 64 or args.image_size % 64:
         parser.error("--image-size and --reference-size must be multiples of 64")
     if any(k < 2 for k in args.reference_every):
-        parser.error("--reference-every takes step counts >= 2 (1 is the exact mode, always timed)")
-    return args
+        parser.error("--reference-every takes step counts >= 2 (1 is the exact mode, always included)")
 
 
 def bootstrap_host(device: str):

@@ -1,0 +1,50 @@
+"""bench/bench_arithmetic.py on the full SD1.5 layout (meta device, seconds): its counts obey the
+facts they must, whatever the host.
+
+Runs the script as a subprocess: it bootstraps its own ComfyUI host.
+"""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# | R | refs TFLOP (pct %), how | seg TFLOP (pct %) | rsa (pct %) | rba (pct %) | ratio x | ratio x | ratio x |
+ROW = re.compile(r"^\| (\d) \| [\d.]+ \(([\d.]+) %\), (coupled|own pass) \| [\d.]+ \(([\d.]+) %\) "
+                 r"\| [\d.]+ \(([\d.]+) %\) \| [\d.]+ \(([\d.]+) %\) \| ([\d.]+)x \| ([\d.]+)x \| ([\d.]+)x \|$", re.MULTILINE)
+
+
+def _rows(tmp_path, *extra):
+    out = tmp_path / "arithmetic.md"
+    command = [sys.executable, str(REPO_ROOT / "bench" / "bench_arithmetic.py"), "--models", "sd15",
+               "--concepts", "1,2", "--reference-every", "2,4", "--out", str(out), *extra]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = out.read_text()
+    rows = {int(match[0]): match[1:] for match in ROW.findall(table)}
+    assert set(rows) == {1, 2}, table
+    return {r: (float(refs), how, *map(float, rest)) for r, (refs, how, *rest) in rows.items()}, table
+
+
+def test_counts_follow_rows_masks_and_schedule(tmp_path):
+    rows, table = _rows(tmp_path)
+    rsa_steps, rba_steps = map(int, re.search(r"(\d+) RSA and (\d+) RBA steps", table).groups())
+    assert rsa_steps + rba_steps == 20 and 0 < rsa_steps < 20, table
+    # Same-size references ride in the target's call: R rows cost R/2 of the 2-row plain step, exactly.
+    assert rows[1][:2] == (50.0, "coupled") and rows[2][:2] == (100.0, "coupled"), table
+    for concepts, (refs, _, segmentation, rsa, rba, every_step, every_2, every_4) in rows.items():
+        assert segmentation > 0 and rsa > 0 and rba > 0, table
+        # Reusing the features removes reference rows only: each ratio sits above its rows-only part.
+        assert every_step > every_2 > every_4 > 1 + concepts / 8, table
+        assert every_step == pytest.approx(1 + refs / 100 + segmentation / 100 + (rsa_steps * rsa + rba_steps * rba) / 2000,
+                                           abs=0.011), table
+    assert rows[2][3] > rows[1][3], table  # RSA attends to more reference keys with two concepts
+
+
+def test_small_references_take_their_own_cut_pass(tmp_path):
+    rows, table = _rows(tmp_path, "--reference-size", "256")
+    for concepts, (refs, how, *_) in rows.items():
+        # A quarter of the pixels; SD1.5's 'paper' layers reach its last block, so little is cut.
+        assert how == "own pass" and 0.2 * 50 * concepts < refs <= 0.25 * 50 * concepts + 0.05, table
