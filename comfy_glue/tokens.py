@@ -7,20 +7,34 @@ Multi-token words and phrases own every token they cover.
 import difflib
 import re
 
+import torch
+
 from .errors import MagicFaceInputError
 
 NODE = "MagicFace Apply"
 
 
+def _token_key(token):
+    """A comparable key of one token: its id, or for a textual-inversion embedding's vector (a
+    tensor in the host's token lists) its values, so an embedding matches itself and nothing else."""
+    if torch.is_tensor(token):
+        if token.numel() == 1:
+            return int(token)
+        return ("embedding", token.detach().to("cpu", torch.float32).numpy().tobytes())
+    if isinstance(token, int):
+        return token
+    return ("other", repr(token))
+
+
 def _token_rows(tokenized):
-    """First encoder's chunks as lists of token ids (SDXL's 'g' and 'l' share positions)."""
+    """First encoder's chunks as lists of token keys (SDXL's 'g' and 'l' share positions)."""
     if isinstance(tokenized, dict):
         tokenized = tokenized["l"] if "l" in tokenized else next(iter(tokenized.values()))
-    return [[int(t[0]) for t in chunk] for chunk in tokenized]
+    return [[_token_key(t[0]) for t in chunk] for chunk in tokenized]
 
 
 def _word_ids(tokenizer_fn, words: str):
-    """Token ids of the words alone, without start/end/padding tokens."""
+    """Token keys of the words alone, without start/end/padding tokens."""
     ids = _token_rows(tokenizer_fn(words))[0]
     start, pad = ids[0], ids[-1]  # a chunk opens with the start token and ends padded
     return [t for t in ids[1:] if t not in (start, pad)]
