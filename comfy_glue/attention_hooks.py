@@ -8,8 +8,9 @@ import torch
 
 from . import keys
 from .concepts import _SharedOnCopy
+from .errors import MagicFaceInputError
 from .host import host_attention
-from .layers import layer_hw
+from .layers import token_grid
 from .run_state import AttentionRecord
 from ..magicface_attn import concept_owner, concept_pixel_groups, rba_attention, rsa_attention
 
@@ -21,6 +22,33 @@ def _grid_nearest(mask, hw):
     rows = torch.div(torch.arange(h, device=mask.device) * hs, h, rounding_mode="floor")
     cols = torch.div(torch.arange(w, device=mask.device) * ws, w, rounding_mode="floor")
     return mask[..., rows[:, None], cols[None, :]].reshape(*mask.shape[:-2], h * w)
+
+
+_FOREIGN_TOKENS_FIX = ("remove HyperTile or Token Merging (ToMe) from the model that MagicFace patches: MagicFace "
+                      "needs one attention token per image pixel to find where each concept forms.")
+
+
+def pixel_grid(call, layer, q, k):
+    """(h, w) grid of this layer's tokens in this target call.
+
+    Another node's attn1_patch runs before this hook and may have changed the tokens: a
+    resized raster (Kohya Deep Shrink) still maps to pixels, tiles (HyperTile) or merged
+    queries (ToMe) do not, and then the user gets told which node to take out.
+    """
+    problem = None
+    if q.shape[0] != call.rows.total:
+        problem = f"the self-attention at {layer.name} has {q.shape[0]} rows for a batch of {call.rows.total}: " \
+                  "another node splits it into tiles."
+    elif q.shape[1] != k.shape[1]:
+        problem = f"the self-attention at {layer.name} has {q.shape[1]} queries for {k.shape[1]} keys: " \
+                  "another node merges its tokens."
+    else:
+        hw = token_grid(call.latent_hw, layer.factor, q.shape[1])
+        if hw is not None:
+            return hw
+        problem = f"the self-attention at {layer.name} sees {q.shape[1]} tokens, which fit no grid of the " \
+                  f"{call.latent_hw[0]}x{call.latent_hw[1]} latent: another node rearranges them."
+    raise MagicFaceInputError("MagicFace Apply", "model", problem, _FOREIGN_TOKENS_FIX)
 
 
 def prepare_rba_regions(call, grids):
@@ -60,28 +88,30 @@ class SelfAttentionHook(_SharedOnCopy):
                 call.run.store_reference(self.layer, k, v, heads, call.latent_hw)
             return host_attention(q, k, v, heads, extra)
         rows = call.rows
+        hw = pixel_grid(call, self.layer, q, k)
         if self.collect:
-            call.pending_self[self.layer.key] = (q[rows.seg], k[rows.seg])
+            call.pending_self[self.layer.key] = (q[rows.seg], k[rows.seg], hw)
         if self.inject and rows.refs is not None:  # batch coupling: the references ride in this batch
             call.run.store_reference(self.layer, k[rows.refs], v[rows.refs], heads, call.latent_hw, call.letterbox)
         if self.inject and call.stage is not None:
-            out = self._inject(q, k, v, extra, call, heads)
+            out = self._inject(q, k, v, extra, call, heads, hw)
             if out is not None:
                 return out
         return self._plain(q, k, v, extra)
 
-    def _inject(self, q, k, v, extra, call, heads):
+    def _inject(self, q, k, v, extra, call, heads, hw):
         refs = call.run.reference_kv.get(self.layer.key)
         if refs is None or refs.total_kept == 0:
             return None  # every reference mask vanished at this resolution: plain attention, bit-exact
         rows = call.rows.cond
-        hw = layer_hw(call.latent_hw, self.layer.factor)
         regions = None
         if call.stage == keys.STAGE_RSA:
             injected = rsa_attention(q[rows], k[rows], v[rows], refs, heads)
         else:
             if call.regions is None:
                 return None
+            if hw not in call.layer_regions:  # a grid resized by another node: one host sync, here
+                prepare_rba_regions(call, [hw])
             regions = call.layer_regions[hw]
             injected = rba_attention(q[rows], k[rows], v[rows], refs, regions, heads, groups=call.layer_groups[hw])
         if self.record:
@@ -120,8 +150,8 @@ class CrossAttentionHook(_SharedOnCopy):
         if call is not None and call.mode == keys.MODE_TARGET:
             pending = call.pending_self.pop(self.layer.key, None)
             if pending is not None:
+                q_self, k_self, hw = pending
                 rows = call.rows.seg
-                call.propagation.add(pending[0], pending[1], q[rows], k[rows], heads,
-                                     layer_hw(call.latent_hw, self.layer.factor))
+                call.propagation.add(q_self, k_self, q[rows], k[rows], heads, hw)
                 call.run.calls[("segmentation", self.layer.name)] += 1
         return out

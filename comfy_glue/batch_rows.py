@@ -21,6 +21,7 @@ class BatchRows:
     seg_has_uncond: bool
     plain_spans: tuple                     # ((start, stop), ...) rows with plain attention (uncond, references)
     refs: Optional[slice]                  # reference rows appended by batch coupling
+    total: int                             # rows of the call's batch, reference rows included
 
 
 def _selector(indices, device):
@@ -55,4 +56,4 @@ def batch_rows(cond_or_uncond, chunk: int, ref_count: int, device) -> BatchRows:
     return BatchRows(cond=_selector(cond, device), cond_elements=elements,
                      seg=_selector(seg, device), seg_has_uncond=has_uncond,
                      plain_spans=_spans([flag != keys.COND_FLAG for flag in flags] + [True] * ref_count),
-                     refs=refs)
+                     refs=refs, total=target + ref_count)

@@ -5,6 +5,7 @@ e.g. ("output", 6, 0). The downsampling factor of a layer is its latent stride: 
 latent resolution, 2 at half, and so on. It is found from the module tree, so any
 SD1.x / SD2.x / SDXL layout (and custom depths) is handled without tables.
 """
+import math
 from dataclasses import dataclass
 
 from . import keys
@@ -123,3 +124,25 @@ def layer_hw(latent_hw, factor):
     while factor > 1:
         h, w, factor = (h + 1) // 2, (w + 1) // 2, factor // 2
     return h, w
+
+
+# How far a resized layer's grid may stray from the latent's aspect ratio (rounding of odd sizes).
+_RESIZED_ASPECT_TOLERANCE = 0.15
+
+
+def token_grid(latent_hw, factor, tokens: int):
+    """The (h, w) grid of a layer whose self-attention sees `tokens` image tokens in raster
+    order: layer_hw, or, when another patch resized the features (Kohya Deep Shrink scales
+    them down for the early steps), the grid of that many tokens closest to the latent's
+    aspect ratio. None when no grid comes near it."""
+    hw = layer_hw(latent_hw, factor)
+    if hw[0] * hw[1] == tokens:
+        return hw
+    aspect = latent_hw[0] / latent_hw[1]
+    guess = math.sqrt(tokens * aspect)
+    candidates = [(h, tokens // h) for h in range(max(1, math.floor(guess) - 1), math.ceil(guess) + 2)
+                  if tokens % h == 0]
+    if not candidates:
+        return None
+    best = min(candidates, key=lambda grid: abs(grid[0] / grid[1] - aspect))
+    return best if abs(best[0] / best[1] / aspect - 1) <= _RESIZED_ASPECT_TOLERANCE else None

@@ -55,7 +55,7 @@ class CallContext:
     rows: Optional[object] = None   # batch_rows.BatchRows of a target call
     letterbox: Optional[object] = None  # reference_pass.Letterbox when the references ride in this call
     regions: Optional[torch.Tensor] = None        # (batch_elements, R, Hs, Ws) bool concept regions for RBA
-    pending_self: dict = field(default_factory=dict)   # layer key -> (q, k) of seg rows
+    pending_self: dict = field(default_factory=dict)   # layer key -> (q, k, (h, w)) of seg rows
     propagation: PropagationQueue = field(default_factory=PropagationQueue)  # segmentation layers' maps
     layer_regions: dict = field(default_factory=dict)   # (h, w) -> (cond rows, R, h*w) bool
     layer_groups: dict = field(default_factory=dict)    # (h, w) -> concept_pixel_groups of layer_regions

@@ -89,3 +89,19 @@ def apply(model, clip, vae, concepts, prompt, sched=None, reference_size=128, se
 
 def injected_calls(report, stage):
     return {name: n for (kind, name), n in report["calls"].items() if kind == stage}
+
+
+def assert_stage_counts(report, patch):
+    """Each injection layer runs RSA once per call above the switch sigma and RBA once per call below it
+    (except a first call that has no earlier segmentation to group regions by)."""
+    names = {layer.name for layer in patch.plan.injection_layers}
+    rsa, rba = injected_calls(report, "rsa"), injected_calls(report, "rba")
+    expected_rba = len(report["rba_sigmas"]) - (0 if report["rsa_sigmas"] else 1)
+    assert set(rsa) == (names if report["rsa_sigmas"] else set()), rsa
+    assert set(rba) == (names if expected_rba else set()), rba
+    assert all(n == len(report["rsa_sigmas"]) for n in rsa.values())
+    assert all(n == expected_rba for n in rba.values())
+    assert all(s > patch.plan.sigma_switch for s in report["rsa_sigmas"])
+    assert all(s <= patch.plan.sigma_switch for s in report["rba_sigmas"])
+    for layer in patch.plan.segmentation_layers:
+        assert report["calls"][("segmentation", layer.name)] == len(report["rsa_sigmas"]) + len(report["rba_sigmas"])

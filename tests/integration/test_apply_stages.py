@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from .mf import apply, concepts_from, encode, injected_calls, sample, schedule, synthetic_concept
+from .mf import apply, assert_stage_counts, concepts_from, encode, injected_calls, sample, schedule, synthetic_concept
 
 LATENT = (1, 4, 16, 16)
 
@@ -12,29 +12,13 @@ def _one_concept():
     return concepts_from([(image, mask, "man", 3.0)])
 
 
-def _assert_stage_counts(report, patch):
-    """Each injection layer runs RSA once per call above the switch sigma and RBA once per call below it
-    (except a first call that has no earlier segmentation to group regions by)."""
-    names = {layer.name for layer in patch.plan.injection_layers}
-    rsa, rba = injected_calls(report, "rsa"), injected_calls(report, "rba")
-    expected_rba = len(report["rba_sigmas"]) - (0 if report["rsa_sigmas"] else 1)
-    assert set(rsa) == (names if report["rsa_sigmas"] else set()), rsa
-    assert set(rba) == (names if expected_rba else set()), rba
-    assert all(n == len(report["rsa_sigmas"]) for n in rsa.values())
-    assert all(n == expected_rba for n in rba.values())
-    assert all(s > patch.plan.sigma_switch for s in report["rsa_sigmas"])
-    assert all(s <= patch.plan.sigma_switch for s in report["rba_sigmas"])
-    for layer in patch.plan.segmentation_layers:
-        assert report["calls"][("segmentation", layer.name)] == len(report["rsa_sigmas"]) + len(report["rba_sigmas"])
-
-
 def test_single_concept_rsa_then_rba_and_changes_output(tiny, negative):
     model, clip, vae = tiny
     patched, positive, patch = apply(model, clip, vae, _one_concept(), "a photo of a man")
     latent = torch.zeros(LATENT)
     out = sample(patched, positive, negative, latent, steps=5)
     report = patch.report()
-    _assert_stage_counts(report, patch)
+    assert_stage_counts(report, patch)
     assert len(report["rsa_sigmas"]) == 2 and len(report["rba_sigmas"]) == 3  # 5 steps, switch at 0.42
     assert report["calls"][("guidance", "step")] == 5
     base = sample(model, positive, negative, latent, steps=5)
@@ -84,7 +68,7 @@ def test_samplers_schedule_by_noise_level(tiny, negative, sampler, scheduler, ca
     patched, positive, patch = apply(model, clip, vae, _one_concept(), "a photo of a man")
     out = sample(patched, positive, negative, torch.zeros(LATENT), steps=4, sampler=sampler, scheduler=scheduler)
     report = patch.report()
-    _assert_stage_counts(report, patch)
+    assert_stage_counts(report, patch)
     calls = len(report["rsa_sigmas"]) + len(report["rba_sigmas"])
     assert calls == (2 * 4 - 1 if calls_per_step == 2 else 4)  # heun skips its 2nd call on the last step
     assert torch.isfinite(out).all()
@@ -94,7 +78,7 @@ def test_cfg_one_has_no_uncond_branch(tiny, negative):
     model, clip, vae = tiny
     patched, positive, patch = apply(model, clip, vae, _one_concept(), "a photo of a man")
     out = sample(patched, positive, negative, torch.zeros(LATENT), steps=3, cfg=1.0)
-    _assert_stage_counts(patch.report(), patch)
+    assert_stage_counts(patch.report(), patch)
     assert torch.isfinite(out).all()
 
 
@@ -103,7 +87,7 @@ def test_batch_of_two_non_square(tiny, negative):
     patched, positive, patch = apply(model, clip, vae, _one_concept(), "a photo of a man")
     latent = torch.zeros(2, 4, 16, 24)
     out = sample(patched, positive, negative, latent, steps=3)
-    _assert_stage_counts(patch.report(), patch)
+    assert_stage_counts(patch.report(), patch)
     assert out.shape == latent.shape and torch.isfinite(out).all()
     segmentation = patch.report()["segmentation"]
     assert len(segmentation) == 2 and tuple(segmentation[0].labels.shape) == (8, 12)
@@ -118,7 +102,7 @@ def test_512x768_and_long_prompt(tiny, negative):
     patched, positive, patch = apply(model, clip, vae, _one_concept(), prompt)
     assert min(patch.plan.concept_tokens[0]) >= 77
     out = sample(patched, positive, negative, torch.zeros(1, 4, 96, 64), steps=2)
-    _assert_stage_counts(patch.report(), patch)
+    assert_stage_counts(patch.report(), patch)
     assert torch.isfinite(out).all()
 
 
@@ -128,7 +112,7 @@ def test_img2img_denoise(tiny, negative):
     start = vae.encode(torch.rand(1, 128, 128, 3))
     out = sample(patched, positive, negative, start, steps=5, denoise=0.6)
     report = patch.report()
-    _assert_stage_counts(report, patch)
+    assert_stage_counts(report, patch)
     # denoise 0.6 starts 40% into the schedule: past the 0.42 switch's noise level after one step at most
     assert len(report["rsa_sigmas"]) + len(report["rba_sigmas"]) == 5 and len(report["rsa_sigmas"]) <= 1
     assert max(report["rsa_sigmas"] + report["rba_sigmas"]) < patch.plan.sigma_start

@@ -1,0 +1,97 @@
+"""MagicFace with ComfyUI's own model-patching nodes, applied before or after MagicFace Apply.
+
+Nodes that keep one attention token per pixel compose (every MagicFace hook still fires at
+every step); Kohya Deep Shrink resizes the features of the early steps, and MagicFace follows
+the resized grid; HyperTile and ToMe re-cut the tokens, and MagicFace says so by name.
+"""
+import pytest
+import torch
+
+from .mf import apply, assert_stage_counts, concepts_from, node, pack_module, sample, synthetic_concept
+
+STEPS = 3
+
+COMPOSING = {
+    "FreeU": lambda m: node("FreeU").patch(m, 1.1, 1.2, 0.9, 0.2)[0],
+    "FreeU_V2": lambda m: node("FreeU_V2").patch(m, 1.1, 1.2, 0.9, 0.2)[0],
+    "RescaleCFG": lambda m: node("RescaleCFG").patch(m, 0.7)[0],
+    "ModelSamplingDiscrete lcm": lambda m: node("ModelSamplingDiscrete").patch(m, "lcm", False)[0],
+    "DifferentialDiffusion": lambda m: node("DifferentialDiffusion").apply(m)[0],
+}
+RETOKENISING = {
+    "HyperTile": (lambda m: node("HyperTile").patch(m, 256, 2, 0, False)[0], "splits it into tiles"),
+    "TomePatchModel": (lambda m: node("TomePatchModel").patch(m, 0.3)[0], "merges its tokens"),
+}
+
+
+def _concept():
+    image, mask = synthetic_concept(0)
+    return concepts_from([(image, mask, "man", 3.0)])
+
+
+def _patched(tiny, other, order):
+    """MagicFace and another node's patch on one model, in the given order."""
+    model, clip, vae = tiny
+    if order == "other first":
+        patched, positive, patch = apply(other(model), clip, vae, _concept(), "a photo of a man")
+        return patched, positive, patch
+    patched, positive, patch = apply(model, clip, vae, _concept(), "a photo of a man")
+    return other(patched), positive, patch
+
+
+@pytest.mark.parametrize("order", ["other first", "magicface first"])
+@pytest.mark.parametrize("name", list(COMPOSING))
+def test_nodes_that_keep_pixel_tokens_compose(tiny, negative, name, order):
+    patched, positive, patch = _patched(tiny, COMPOSING[name], order)
+    latent = torch.zeros(1, 4, 32, 24)
+    out = sample(patched, positive, negative, latent, steps=STEPS)
+    report = patch.report()
+    assert_stage_counts(report, patch)
+    assert len(report["rsa_sigmas"]) + len(report["rba_sigmas"]) == STEPS
+    without_magicface = COMPOSING[name](tiny[0])
+    assert torch.isfinite(out).all()
+    assert not torch.equal(out, sample(without_magicface, positive, negative, latent, steps=STEPS))
+
+
+# The first step only (RSA), or every step (RBA regions then come on the resized grids too).
+@pytest.mark.parametrize("order, end_percent", [("other first", 0.35), ("magicface first", 1.0)])
+def test_deep_shrink_layers_follow_the_resized_grid(tiny, negative, monkeypatch, order, end_percent):
+    hooks = pack_module("comfy_glue.attention_hooks")
+    layers = pack_module("comfy_glue.layers")
+    resized = []
+
+    def spy(latent_hw, factor, tokens):
+        grid = layers.token_grid(latent_hw, factor, tokens)
+        if grid != layers.layer_hw(latent_hw, factor):
+            resized.append((factor, grid))
+        return grid
+
+    monkeypatch.setattr(hooks, "token_grid", spy)
+    # Kohya Deep Shrink: features halved after input block 1 until end_percent of the schedule.
+    deep_shrink = lambda m: node("PatchModelAddDownscale").patch(m, 1, 2.0, 0.0, end_percent, True,  # noqa: E731
+                                                                 "bicubic", "bicubic")[0]
+    patched, positive, patch = _patched(tiny, deep_shrink, order)
+    out = sample(patched, positive, negative, torch.zeros(1, 4, 64, 48), steps=STEPS)
+    report = patch.report()
+    assert_stage_counts(report, patch)
+    assert torch.isfinite(out).all()
+    # The 32x24 and 16x12 layers between input block 1 and the decoder's last level (the
+    # injection layers at 32x24 among them) run at half size while Deep Shrink acts.
+    assert {grid for _, grid in resized} == {(16, 12), (8, 6)}, resized
+    assert {factor for factor, _ in resized} & {layer.factor for layer in patch.plan.injection_layers}, resized
+    history = report["label_history"]  # the resized step's maps were brought to the usual grid
+    assert len(history) == STEPS and all(tuple(labels.shape[-2:]) == (32, 24) for _, labels in history)
+
+
+@pytest.mark.parametrize("order", ["other first", "magicface first"])
+@pytest.mark.parametrize("name", list(RETOKENISING))
+def test_nodes_that_recut_tokens_get_a_clear_error(tiny, negative, name, order):
+    errors = pack_module("comfy_glue.errors")
+    other, problem = RETOKENISING[name]
+    patched, positive, patch = _patched(tiny, other, order)
+    with pytest.raises(errors.MagicFaceInputError, match=problem) as caught:
+        sample(patched, positive, negative, torch.zeros(1, 4, 64, 48), steps=STEPS)
+    message = str(caught.value)
+    assert message.startswith("[MagicFace Apply] input 'model'") and "HyperTile" in message and "ToMe" in message
+    assert "output_" in message  # names the layer where it happened
+    assert patch.active_run() is None  # the failed run was released
