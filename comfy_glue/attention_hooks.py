@@ -4,6 +4,8 @@ They read the per-call context from extra_options (a copy of transformer_options
 model call without MagicFace context (another model, a reference pass of a different
 patch) runs exactly the host's attention or the patch they wrap.
 """
+import copy
+
 import torch
 
 from . import keys
@@ -66,21 +68,33 @@ def prepare_rba_regions(call, grids):
         call.layer_groups[hw] = concept_pixel_groups(regions)
 
 
-class SelfAttentionHook(_SharedOnCopy):
-    """attn1 replace: RSA/RBA on injection layers, query/key capture on segmentation layers."""
+def _inner(extra):
+    return {**extra, keys.INNER_ATTENTION_KEY: True}
 
-    def __init__(self, layer, inject: bool, collect: bool, record: bool = False, previous=None):
+
+class SelfAttentionHook(_SharedOnCopy):
+    """attn1 replace: RSA/RBA on injection layers, query/key capture on segmentation layers.
+
+    owner: the MagicFacePatch that installed it; previous: the replace it wraps (another node's).
+    """
+
+    def __init__(self, layer, inject: bool, collect: bool, record: bool = False, previous=None, owner=None):
         self.layer, self.inject, self.collect, self.previous = layer, inject, collect, previous
         self.record = record  # keep this layer's last query/keys for the attention-map preview
+        self.owner = owner
+
+    def around(self, foreign):
+        """This hook wrapping `foreign`, a replace another node set at this layer after MagicFace."""
+        return SelfAttentionHook(self.layer, self.inject, self.collect, self.record, previous=foreign, owner=self.owner)
 
     def _plain(self, q, k, v, extra):
         if self.previous is not None:
-            return self.previous(q, k, v, extra)
+            return self.previous(q, k, v, _inner(extra))
         return host_attention(q, k, v, extra["n_heads"], extra)
 
     def __call__(self, q, k, v, extra):
         call = extra.get(keys.CALL_CONTEXT_KEY)
-        if call is None:
+        if call is None or extra.get(keys.INNER_ATTENTION_KEY):
             return self._plain(q, k, v, extra)
         heads = extra["n_heads"]
         if call.mode == keys.MODE_CAPTURE:
@@ -89,7 +103,7 @@ class SelfAttentionHook(_SharedOnCopy):
             return host_attention(q, k, v, heads, extra)
         rows = call.rows
         hw = pixel_grid(call, self.layer, q, k)
-        if self.collect:
+        if self.collect and call.segment:
             call.pending_self[self.layer.key] = (q[rows.seg], k[rows.seg], hw)
         if self.inject and rows.refs is not None:  # batch coupling: the references ride in this batch
             call.run.store_reference(self.layer, k[rows.refs], v[rows.refs], heads, call.latent_hw, call.letterbox)
@@ -127,27 +141,60 @@ class SelfAttentionHook(_SharedOnCopy):
 
     def _rest_plain(self, q, k, v, extra, spans, heads):
         if self.previous is not None:  # another node's patch sees the whole batch, as it expects
-            return self.previous(q, k, v, extra)
+            return self.previous(q, k, v, _inner(extra))
         out = torch.empty_like(q)
         for start, stop in spans:
             out[start:stop] = host_attention(q[start:stop], k[start:stop], v[start:stop], heads, extra)
         return out
 
 
-class CrossAttentionHook(_SharedOnCopy):
-    """attn2 replace on segmentation layers: turns this block's attention into segmentation maps."""
+class CrossAttentionHook:
+    """attn2 replace on segmentation layers: turns this block's attention into segmentation maps.
 
-    def __init__(self, layer, previous=None):
-        self.layer, self.previous = layer, previous
+    It also takes part in the chaining protocol of IPAdapter-style nodes (IPAdapter, InstantID,
+    PuLID): applied after MagicFace, they find this hook at a layer and add() their callback,
+    whose result is added to the attention output while the noise level lies within its
+    sigma_start..sigma_end. Each model clone gets its own copy (see __deepcopy__), so a callback
+    added on one clone never reaches the model it was cloned from.
+    """
+
+    def __init__(self, layer, previous=None, owner=None, added=()):
+        self.layer, self.previous, self.owner = layer, previous, owner
+        self.added = list(added)  # [(callback, kwargs)] of add()
+
+    def __deepcopy__(self, memo):
+        return CrossAttentionHook(self.layer, copy.deepcopy(self.previous, memo), self.owner, self.added)
+
+    def around(self, foreign):
+        """This hook wrapping `foreign`, a replace another node set at this layer after MagicFace
+        (callbacks added to this hook stay with it: `foreign` calls it, or meant to replace it)."""
+        return CrossAttentionHook(self.layer, foreign, self.owner)
+
+    def add(self, callback, **kwargs):
+        self.added.append((callback, kwargs))
+
+    def _added(self, out, q, k, v, extra, call):
+        sigma = call.sigma if call is not None else None  # a host float: no device read per layer
+        if sigma is None and torch.is_tensor(extra.get("sigmas")):
+            sigma = float(extra["sigmas"].reshape(-1)[0])
+        for callback, kwargs in self.added:
+            low, high = kwargs.get("sigma_end", -float("inf")), kwargs.get("sigma_start", float("inf"))
+            if sigma is None or low <= sigma <= high:
+                out = out + callback(out, q, k, v, extra, **kwargs)
+        return out
 
     def __call__(self, q, k, v, extra):
         heads = extra["n_heads"]
+        call = extra.get(keys.CALL_CONTEXT_KEY)
         if self.previous is not None:
-            out = self.previous(q, k, v, extra)
+            out = self.previous(q, k, v, _inner(extra))
         else:
             out = host_attention(q, k, v, heads, extra)
-        call = extra.get(keys.CALL_CONTEXT_KEY)
-        if call is not None and call.mode == keys.MODE_TARGET:
+        if self.added:
+            out = self._added(out, q, k, v, extra, call)
+        if extra.get(keys.INNER_ATTENTION_KEY):
+            return out
+        if call is not None and call.mode == keys.MODE_TARGET and call.segment:
             pending = call.pending_self.pop(self.layer.key, None)
             if pending is not None:
                 q_self, k_self, hw = pending

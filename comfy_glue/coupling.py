@@ -4,7 +4,8 @@ Measured on an H100 (SD1.5, 512x512, fp16) one UNet call on 2+R rows costs about
 2-row call costs, while a separate R-row pass costs a whole second call, mostly host-side
 launch overhead. Coupling is used whenever nothing else could see the extra rows; otherwise
 the separate pass runs (reference_pass.py), so other nodes' patches never meet reference rows:
-- another model_function_wrapper, or any attention/block patch that is not MagicFace's own;
+- another model_function_wrapper, or any attention/block patch that is not MagicFace's own (callbacks
+  that IPAdapter-style nodes added to its hooks count as another node's);
 - conditioning inputs other than text context, adm ('y') and ControlNet residuals
   (e.g. inpainting's c_concat, whose references would have nothing to concatenate);
 - a frame the references do not fit in (aligned to 8 latent pixels) or fill less than half
@@ -30,6 +31,8 @@ def _only_own_patches(options: dict) -> bool:
     for replaces in options.get("patches_replace", {}).values():
         for hook in replaces.values():
             if not isinstance(hook, (SelfAttentionHook, CrossAttentionHook)) or hook.previous is not None:
+                return False
+            if getattr(hook, "added", None):  # another node's callbacks (IPAdapter) would see the rows
                 return False
     return True
 

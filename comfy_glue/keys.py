@@ -5,6 +5,9 @@ Kept in one place so that every hook, test and node agrees on them.
 
 # transformer_options entry holding the per-call MagicFace context (see run_state.CallContext).
 CALL_CONTEXT_KEY = "magicface_call"
+# extra_options entry set when a MagicFace attention hook calls the attention it wraps: a
+# MagicFace hook found further in (another node wrapped it) then only passes through.
+INNER_ATTENTION_KEY = "magicface_inner"
 # Key under which the pack registers wrappers/callbacks on hosts that have the wrapper API.
 WRAPPER_KEY = "magicface"
 # Custom node socket types: never the core MODEL type for non-models.

@@ -29,6 +29,7 @@ class MagicFacePatch(_SharedOnCopy):
     def __init__(self, plan):
         self.plan = plan
         self.self_hooks = {}
+        self.installed = {}  # ("attn1" | "attn2", layer key) -> the hook installed there
         self._run = None
         self._run_owned_by_wrapper = False
         self.last_report = None
@@ -41,13 +42,15 @@ class MagicFacePatch(_SharedOnCopy):
             layer = injection.get(key) or segmentation[key]
             hook = SelfAttentionHook(layer, inject=key in injection, collect=key in segmentation,
                                      record=key == self.plan.injection_layers[-1].key,
-                                     previous=get_attention_replace(model_patcher, "attn1", key))
+                                     previous=get_attention_replace(model_patcher, "attn1", key), owner=self)
             model_patcher.set_model_attn1_replace(hook, key[0], key[1], key[2])
+            self.installed[("attn1", key)] = hook
             if key in injection:
                 self.self_hooks[key] = hook
         for key, layer in segmentation.items():
-            hook = CrossAttentionHook(layer, previous=get_attention_replace(model_patcher, "attn2", key))
+            hook = CrossAttentionHook(layer, previous=get_attention_replace(model_patcher, "attn2", key), owner=self)
             model_patcher.set_model_attn2_replace(hook, key[0], key[1], key[2])
+            self.installed[("attn2", key)] = hook
 
         previous_wrapper = model_patcher.model_options.get("model_function_wrapper")
         model_patcher.set_model_unet_function_wrapper(ModelCallHook(self, previous_wrapper))
@@ -124,6 +127,12 @@ class ModelCallHook(_SharedOnCopy):
         if not run.covers(x.shape[-2:]):
             return self._forward(apply_model, args)
         chunk = x.shape[0] // len(cond_or_uncond)
+        extra_pass = run.extra_pass(sigma, cond_or_uncond)
+        if extra_pass and run.carries_negative_prompt(c["c_crossattn"]):
+            # An unconditional prediction computed again (SAG's blurred pass): left as plain as
+            # the step's own uncond rows, else the guidance would subtract MagicFace's effect.
+            run.calls[("guidance pass", "plain")] += 1
+            return self._forward(apply_model, args)
         run.begin_step(sigma)
         fresh = run.references_due()
         call = None
@@ -135,13 +144,13 @@ class ModelCallHook(_SharedOnCopy):
             rows = run.cached(("rows", cond_or_uncond, chunk, coupled, x.device),
                               lambda: batch_rows(cond_or_uncond, chunk, refs.count if coupled else 0, x.device))
             call = CallContext(run=run, mode=keys.MODE_TARGET, sigma=sigma, latent_hw=tuple(x.shape[-2:]),
-                               stage=stage, rows=rows, letterbox=box)
+                               stage=stage, rows=rows, letterbox=box, segment=not extra_pass)
             if stage == keys.STAGE_RBA:
                 call.regions = self._regions(run, sigma)
                 if call.regions is not None:
                     prepare_rba_regions(call, {layer_hw(call.latent_hw, layer.factor)
                                                for layer in run.plan.injection_layers})
-            options = dict(c.get("transformer_options", {}))
+            options = self._own_hooks_outermost(dict(c.get("transformer_options", {})))
             options[keys.CALL_CONTEXT_KEY] = call
             target_c = {**c, "transformer_options": options}
             if coupled:
@@ -155,7 +164,11 @@ class ModelCallHook(_SharedOnCopy):
                 run.references_made()
             run.calls[("references", ("coupled" if coupled else "separate pass") if fresh else "reused")] += 1
             run.stage_sigmas[stage].append(sigma)
-            run.finish_segmentation(call)
+            if extra_pass:
+                run.calls[("guidance pass", "magicface")] += 1
+            else:
+                run.finish_segmentation(call)
+                run.note_own_call(sigma, cond_or_uncond, c["c_crossattn"], chunk)
             return out
         except BaseException:
             self.patch.end_run()  # a failed or interrupted call frees every reference tensor now
@@ -168,6 +181,20 @@ class ModelCallHook(_SharedOnCopy):
             # mode keeps them for the next steps; the run's end releases them.
             if run.plan.reference_every == 1:
                 run.release_references()
+
+    def _own_hooks_outermost(self, options):
+        """transformer_options for one call in which every layer MagicFace patched runs its hook
+        first: a replace another node set there after MagicFace Apply (Self-Attention Guidance
+        at the middle block) is wrapped for this call, as if that node had come first."""
+        replaces = options.get("patches_replace", {})
+        wrapped = {}
+        for (kind, key), hook in self.patch.installed.items():
+            current = replaces.get(kind, {}).get(key)
+            if getattr(current, "owner", None) is not self.patch:
+                wrapped.setdefault(kind, dict(replaces.get(kind, {})))[key] = hook.around(current)
+        if wrapped:
+            options["patches_replace"] = {**replaces, **wrapped}
+        return options
 
     @staticmethod
     def _regions(run, sigma):

@@ -59,6 +59,7 @@ class CallContext:
     propagation: PropagationQueue = field(default_factory=PropagationQueue)  # segmentation layers' maps
     layer_regions: dict = field(default_factory=dict)   # (h, w) -> (cond rows, R, h*w) bool
     layer_groups: dict = field(default_factory=dict)    # (h, w) -> concept_pixel_groups of layer_regions
+    segment: bool = True            # this call makes its noise level's segmentation (see MagicFaceRun.extra_pass)
 
     def release(self):
         self.pending_self.clear()
@@ -84,6 +85,8 @@ class MagicFaceRun:
         self.step_count = 0              # noise levels MagicFace acted on so far
         self._step_sigma = None
         self.reference_step = None       # step_count when the stored reference features were made
+        self.segmented_rows = []         # [(sigma, cond_or_uncond of the call that made its segmentation)]
+        self.negative_context = None     # (T, C) text context of the last own call's first uncond row
 
     def is_continued_by(self, sigma: float) -> bool:
         """Whether a model call at this sigma belongs to this run (sigmas never rise within one)."""
@@ -170,6 +173,33 @@ class MagicFaceRun:
         # Only the current and the previous step are ever read back.
         del self.segmentations[:-KEPT_SEGMENTATIONS]
         self.calls[("segmentation", "step")] += 1
+
+    def note_own_call(self, sigma: float, cond_or_uncond, context, chunk: int):
+        """After a call that made this noise level's segmentation: its rows, and its negative
+        prompt (a view of the call's context, kept until the next own call)."""
+        self.segmented_rows = [(s, rows) for s, rows in self.segmented_rows[-KEPT_SEGMENTATIONS:]
+                               if not same_sigma(s, sigma)] + [(sigma, tuple(cond_or_uncond))]
+        if keys.UNCOND_FLAG in cond_or_uncond:
+            self.negative_context = context[cond_or_uncond.index(keys.UNCOND_FLAG) * chunk]
+
+    def extra_pass(self, sigma: float, cond_or_uncond) -> bool:
+        """Whether a call is another node's extra pass at a noise level whose own call already ran
+        (Self-Attention and Perturbed-Attention Guidance call the model again after CFG): it has
+        other rows than that call. A repeat with the same rows (heun evaluating the same noise
+        level again) is a call of its own and makes the segmentation anew."""
+        for s, rows in reversed(self.segmented_rows):
+            if same_sigma(s, sigma):
+                return rows != tuple(cond_or_uncond)
+        return False
+
+    def carries_negative_prompt(self, context) -> bool:
+        """Whether the first row's text context is the last own call's negative prompt (SAG puts
+        it in the cond slot of its pass). One host sync, on extra passes only; contexts of
+        different lengths are compared over the shorter (the host repeats shorter ones)."""
+        if self.negative_context is None:
+            return False
+        tokens = min(context.shape[1], self.negative_context.shape[0])
+        return bool(torch.equal(context[0, :tokens], self.negative_context[:tokens]))
 
     def segmentation_before(self, sigma: float):
         """Newest segmentation computed at a higher noise level (the previous step)."""

@@ -17,6 +17,17 @@ def node(name):
     return nodes.NODE_CLASS_MAPPINGS[name]()
 
 
+def run_node(name, **inputs):
+    """Outputs of a host node by its input names, whichever node API the host's version of it
+    has: FUNCTION on an instance (2024 host) or the classmethod execute (newer hosts)."""
+    import nodes
+    node_class = nodes.NODE_CLASS_MAPPINGS[name]
+    if hasattr(node_class, "FUNCTION"):
+        return getattr(node_class(), node_class.FUNCTION)(**inputs)
+    output = node_class.execute(**inputs)
+    return output if isinstance(output, tuple) else tuple(output.result)
+
+
 def pack_module(submodule: str):
     """A module of the pack as ComfyUI imported it (hosts name the package differently)."""
     import importlib

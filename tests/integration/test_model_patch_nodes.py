@@ -7,20 +7,21 @@ the resized grid; HyperTile and ToMe re-cut the tokens, and MagicFace says so by
 import pytest
 import torch
 
-from .mf import apply, assert_stage_counts, concepts_from, node, pack_module, sample, synthetic_concept
+from .mf import apply, assert_stage_counts, concepts_from, pack_module, run_node, sample, synthetic_concept
 
 STEPS = 3
 
 COMPOSING = {
-    "FreeU": lambda m: node("FreeU").patch(m, 1.1, 1.2, 0.9, 0.2)[0],
-    "FreeU_V2": lambda m: node("FreeU_V2").patch(m, 1.1, 1.2, 0.9, 0.2)[0],
-    "RescaleCFG": lambda m: node("RescaleCFG").patch(m, 0.7)[0],
-    "ModelSamplingDiscrete lcm": lambda m: node("ModelSamplingDiscrete").patch(m, "lcm", False)[0],
-    "DifferentialDiffusion": lambda m: node("DifferentialDiffusion").apply(m)[0],
+    "FreeU": lambda m: run_node("FreeU", model=m, b1=1.1, b2=1.2, s1=0.9, s2=0.2)[0],
+    "FreeU_V2": lambda m: run_node("FreeU_V2", model=m, b1=1.1, b2=1.2, s1=0.9, s2=0.2)[0],
+    "RescaleCFG": lambda m: run_node("RescaleCFG", model=m, multiplier=0.7)[0],
+    "ModelSamplingDiscrete lcm": lambda m: run_node("ModelSamplingDiscrete", model=m, sampling="lcm", zsnr=False)[0],
+    "DifferentialDiffusion": lambda m: run_node("DifferentialDiffusion", model=m)[0],
 }
 RETOKENISING = {
-    "HyperTile": (lambda m: node("HyperTile").patch(m, 256, 2, 0, False)[0], "splits it into tiles"),
-    "TomePatchModel": (lambda m: node("TomePatchModel").patch(m, 0.3)[0], "merges its tokens"),
+    "HyperTile": (lambda m: run_node("HyperTile", model=m, tile_size=256, swap_size=2, max_depth=0,
+                                    scale_depth=False)[0], "splits it into tiles"),
+    "TomePatchModel": (lambda m: run_node("TomePatchModel", model=m, ratio=0.3)[0], "merges its tokens"),
 }
 
 
@@ -68,8 +69,10 @@ def test_deep_shrink_layers_follow_the_resized_grid(tiny, negative, monkeypatch,
 
     monkeypatch.setattr(hooks, "token_grid", spy)
     # Kohya Deep Shrink: features halved after input block 1 until end_percent of the schedule.
-    deep_shrink = lambda m: node("PatchModelAddDownscale").patch(m, 1, 2.0, 0.0, end_percent, True,  # noqa: E731
-                                                                 "bicubic", "bicubic")[0]
+    deep_shrink = lambda m: run_node("PatchModelAddDownscale", model=m, block_number=1,  # noqa: E731
+                                     downscale_factor=2.0, start_percent=0.0, end_percent=end_percent,
+                                     downscale_after_skip=True, downscale_method="bicubic",
+                                     upscale_method="bicubic")[0]
     patched, positive, patch = _patched(tiny, deep_shrink, order)
     out = sample(patched, positive, negative, torch.zeros(1, 4, 64, 48), steps=STEPS)
     report = patch.report()
