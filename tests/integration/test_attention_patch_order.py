@@ -146,3 +146,16 @@ def test_perturbed_attention_guidance(tiny, negative, order):
     for layer in patch.plan.injection_layers:
         assert injected_calls(report, "rsa")[layer.name] + injected_calls(report, "rba").get(layer.name, 0) >= 2 * STEPS - 2
     assert torch.isfinite(out).all()
+
+
+def test_two_magicface_applies_on_one_model_the_last_acts(tiny, negative):
+    model, clip, vae = tiny
+    first, _, first_patch = apply(model, clip, vae, _concept(), "a photo of a man")
+    image, mask = synthetic_concept(5)
+    second, positive, second_patch = apply(first, clip, vae, concepts_from([(image, mask, "woman", 2.0)]),
+                                           "a photo of a woman")
+    out = sample(second, positive, negative, torch.zeros(LATENT), steps=STEPS)
+    assert_stage_counts(second_patch.report(), second_patch)
+    first_report = first_patch.report()
+    assert first_report is None or not (injected_calls(first_report, "rsa") or injected_calls(first_report, "rba"))
+    assert torch.isfinite(out).all()
