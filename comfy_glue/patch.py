@@ -33,6 +33,7 @@ class MagicFacePatch(_SharedOnCopy):
         self._run = None
         self._run_owned_by_wrapper = False
         self.last_report = None
+        self._ended_run = None  # RunTail of the last finished run, for a run continuing its schedule
 
     # --- installation ---------------------------------------------------------------------
     def install(self, model_patcher):
@@ -67,19 +68,30 @@ class MagicFacePatch(_SharedOnCopy):
         self._run_owned_by_wrapper = owned_by_wrapper
         return self._run
 
-    def end_run(self):
+    def end_run(self, continuable: bool = True):
+        """Ends the current run, freeing its references. A run that ended normally leaves its
+        segmentation history behind for one that continues its schedule (see run_for_call)."""
         if self._run is not None:
             self.last_report = self._run.report()
+            self._ended_run = self._run.tail() if continuable else None
             self._run.release()
         self._run = None
 
     def active_run(self):
         return self._run
 
-    def run_for_call(self, sigma: float):
+    def run_for_call(self, sigma: float, hw):
+        """The run a model call belongs to. On hosts with an end-of-sampling hook every sampler
+        node starts a run; when its first call continues the last run's schedule on the same
+        frame (a second KSampler Advanced taking over at a lower noise level), the new run takes
+        over the last one's segmentations, so its first RBA step has regions, as within one
+        sampler (the 2024 host keeps one run across such samplers anyway)."""
         run = self._run
         if run is None or (not self._run_owned_by_wrapper and not run.is_continued_by(sigma)):
             run = self.start_run(owned_by_wrapper=False)
+        ended, self._ended_run = self._ended_run, None
+        if run.last_sigma is None and ended is not None and ended.continues_to(sigma, hw):
+            run.continue_from(ended)
         run.note_call(sigma)
         return run
 
@@ -123,7 +135,7 @@ class ModelCallHook(_SharedOnCopy):
         if stage is None or keys.COND_FLAG not in cond_or_uncond:
             return self._forward(apply_model, args)
 
-        run = self.patch.run_for_call(sigma)
+        run = self.patch.run_for_call(sigma, x.shape[-2:])
         if not run.covers(x.shape[-2:]):
             return self._forward(apply_model, args)
         chunk = x.shape[0] // len(cond_or_uncond)
@@ -171,7 +183,7 @@ class ModelCallHook(_SharedOnCopy):
                 run.note_own_call(sigma, cond_or_uncond, c["c_crossattn"], chunk)
             return out
         except BaseException:
-            self.patch.end_run()  # a failed or interrupted call frees every reference tensor now
+            self.patch.end_run(continuable=False)  # a failed or interrupted call frees every reference tensor now
             raise
         finally:
             if call is not None:

@@ -69,6 +69,18 @@ class CallContext:
         self.regions = None
 
 
+@dataclass(frozen=True)
+class RunTail:
+    """What a finished run leaves for a run that continues its schedule: small device tensors."""
+    last_sigma: float
+    frame_hw: tuple
+    segmentations: tuple
+    segmented_rows: tuple
+
+    def continues_to(self, sigma: float, hw) -> bool:
+        return sigma <= self.last_sigma * (1 + SIGMA_RTOL) and self.frame_hw == tuple(hw)
+
+
 class MagicFaceRun:
     def __init__(self, plan):
         self.plan = plan
@@ -226,6 +238,18 @@ class MagicFaceRun:
             "concept_names": self.plan.concept_names,
             "attention": self.attention_record,
         }
+
+    def tail(self):
+        """RunTail of this run, None if it never segmented."""
+        if not self.segmentations:
+            return None
+        return RunTail(self.last_sigma, self.frame_hw, tuple(self.segmentations), tuple(self.segmented_rows))
+
+    def continue_from(self, tail: RunTail):
+        """Start from an earlier run's segmentations (its noise levels are all above this run's)."""
+        self.segmentations = list(tail.segmentations)
+        self.segmented_rows = list(tail.segmented_rows)
+        self.frame_hw = tail.frame_hw
 
     def release_references(self):
         self.reference_kv.clear()
