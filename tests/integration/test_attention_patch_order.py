@@ -100,17 +100,22 @@ def test_ipadapter_style_before_magicface_matches_after(tiny, negative):
                        sample(after, positive, negative, latent, steps=STEPS))
 
 
-@pytest.mark.parametrize("order", ["sag first", "magicface first"])
-def test_self_attention_guidance(tiny, negative, order):
+def _sampled_with(tiny, negative, other, other_first: bool):
+    """(output, report, patch) of MagicFace sampled with another node's patch, in either order."""
     model, clip, vae = tiny
-    sag = lambda m: run_node("SelfAttentionGuidance", model=m, scale=0.5, blur_sigma=2.0)[0]  # noqa: E731
-    if order == "sag first":
-        patched, positive, patch = apply(sag(model), clip, vae, _concept(), "a photo of a man")
+    if other_first:
+        patched, positive, patch = apply(other(model), clip, vae, _concept(), "a photo of a man")
     else:
         patched, positive, patch = apply(model, clip, vae, _concept(), "a photo of a man")
-        patched = sag(patched)
+        patched = other(patched)
     out = sample(patched, positive, negative, torch.zeros(LATENT), steps=STEPS)
-    report = patch.report()
+    return out, patch.report(), patch
+
+
+@pytest.mark.parametrize("other_first", [True, False])
+def test_self_attention_guidance(tiny, negative, other_first):
+    sag = lambda m: run_node("SelfAttentionGuidance", model=m, scale=0.5, blur_sigma=2.0)[0]  # noqa: E731
+    out, report, patch = _sampled_with(tiny, negative, sag, other_first)
     # SAG's extra call per step (negative prompt in the cond slot, blurred input) runs plain:
     # MagicFace acts once per step, and every segmentation layer, the middle block's included,
     # comes from the step's own call.
@@ -128,16 +133,9 @@ def _perturbed_attention_guidance(model):
     return run_node("PerturbedAttentionGuidance", model=model, scale=3.0)[0]
 
 
-@pytest.mark.parametrize("order", ["pag first", "magicface first"])
-def test_perturbed_attention_guidance(tiny, negative, order):
-    model, clip, vae = tiny
-    if order == "pag first":
-        patched, positive, patch = apply(_perturbed_attention_guidance(model), clip, vae, _concept(), "a photo of a man")
-    else:
-        patched, positive, patch = apply(model, clip, vae, _concept(), "a photo of a man")
-        patched = _perturbed_attention_guidance(patched)
-    out = sample(patched, positive, negative, torch.zeros(LATENT), steps=STEPS)
-    report = patch.report()
+@pytest.mark.parametrize("other_first", [True, False])
+def test_perturbed_attention_guidance(tiny, negative, other_first):
+    out, report, patch = _sampled_with(tiny, negative, _perturbed_attention_guidance, other_first)
     # PAG's pass (the positive prompt, the middle block's self-attention perturbed) gets MagicFace
     # like the step's own cond rows, so their difference keeps only PAG's perturbation; the
     # segmentation still comes from each step's own call.
