@@ -25,6 +25,11 @@ def same_sigma(a: float, b: float) -> bool:
     return abs(a - b) <= SIGMA_RTOL * max(abs(a), abs(b), 1e-12)
 
 
+def continues_schedule(last_sigma: float, sigma: float) -> bool:
+    """Whether a call at sigma can follow one at last_sigma in one schedule (sigmas never rise)."""
+    return sigma <= last_sigma * (1 + SIGMA_RTOL)
+
+
 @dataclass
 class AttentionRecord:
     """One injection layer's last cond query/keys and references, for the attention-map preview.
@@ -78,7 +83,7 @@ class RunTail:
     segmented_rows: tuple
 
     def continues_to(self, sigma: float, hw) -> bool:
-        return sigma <= self.last_sigma * (1 + SIGMA_RTOL) and self.frame_hw == tuple(hw)
+        return continues_schedule(self.last_sigma, sigma) and self.frame_hw == tuple(hw)
 
 
 class MagicFaceRun:
@@ -102,7 +107,7 @@ class MagicFaceRun:
 
     def is_continued_by(self, sigma: float) -> bool:
         """Whether a model call at this sigma belongs to this run (sigmas never rise within one)."""
-        return self.last_sigma is None or sigma <= self.last_sigma * (1 + SIGMA_RTOL)
+        return self.last_sigma is None or continues_schedule(self.last_sigma, sigma)
 
     def note_call(self, sigma: float):
         self.last_sigma = sigma

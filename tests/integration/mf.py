@@ -116,3 +116,16 @@ def assert_stage_counts(report, patch):
     assert all(s <= patch.plan.sigma_switch for s in report["rba_sigmas"])
     for layer in patch.plan.segmentation_layers:
         assert report["calls"][("segmentation", layer.name)] == len(report["rsa_sigmas"]) + len(report["rba_sigmas"])
+
+
+def apply_with_other(tiny, other, other_first: bool, prompt="a photo of a man"):
+    """(model, positive, patch): MagicFace Apply with one synthetic 'man' concept and another
+    node's patch `other` (model -> model) on the same model, applied before or after it."""
+    model, clip, vae = tiny
+    image, mask = synthetic_concept(0)
+    concepts = concepts_from([(image, mask, "man", 3.0)])
+    if other_first:
+        return apply(other(model), clip, vae, concepts, prompt)
+    patched, positive, patch = apply(model, clip, vae, concepts, prompt)
+    return other(patched), positive, patch
+

@@ -9,8 +9,8 @@ the noise level is within its sigma_start..sigma_end.
 import pytest
 import torch
 
-from .mf import (apply, assert_stage_counts, concepts_from, injected_calls, pack_module, run_node, sample,
-                 synthetic_concept)
+from .mf import (apply, apply_with_other, assert_stage_counts, concepts_from, injected_calls, pack_module,
+                 run_node, sample, synthetic_concept)
 
 STEPS = 3
 LATENT = (1, 4, 32, 24)
@@ -102,12 +102,7 @@ def test_ipadapter_style_before_magicface_matches_after(tiny, negative):
 
 def _sampled_with(tiny, negative, other, other_first: bool):
     """(output, report, patch) of MagicFace sampled with another node's patch, in either order."""
-    model, clip, vae = tiny
-    if other_first:
-        patched, positive, patch = apply(other(model), clip, vae, _concept(), "a photo of a man")
-    else:
-        patched, positive, patch = apply(model, clip, vae, _concept(), "a photo of a man")
-        patched = other(patched)
+    patched, positive, patch = apply_with_other(tiny, other, other_first)
     out = sample(patched, positive, negative, torch.zeros(LATENT), steps=STEPS)
     return out, patch.report(), patch
 

@@ -7,7 +7,7 @@ the resized grid; HyperTile and ToMe re-cut the tokens, and MagicFace says so by
 import pytest
 import torch
 
-from .mf import apply, assert_stage_counts, concepts_from, pack_module, run_node, sample, synthetic_concept
+from .mf import apply_with_other, assert_stage_counts, pack_module, run_node, sample
 
 STEPS = 3
 
@@ -25,19 +25,8 @@ RETOKENISING = {
 }
 
 
-def _concept():
-    image, mask = synthetic_concept(0)
-    return concepts_from([(image, mask, "man", 3.0)])
-
-
 def _patched(tiny, other, order):
-    """MagicFace and another node's patch on one model, in the given order."""
-    model, clip, vae = tiny
-    if order == "other first":
-        patched, positive, patch = apply(other(model), clip, vae, _concept(), "a photo of a man")
-        return patched, positive, patch
-    patched, positive, patch = apply(model, clip, vae, _concept(), "a photo of a man")
-    return other(patched), positive, patch
+    return apply_with_other(tiny, other, other_first=order == "other first")
 
 
 @pytest.mark.parametrize("order", ["other first", "magicface first"])
