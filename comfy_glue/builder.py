@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from . import keys
 from .errors import MagicFaceInputError
+from .host import nothing_known_concat, unet_input_channels
 from .layers import list_attention_layers, select_injection_layers, select_segmentation_layers
 from .patch import MagicFacePatch
 from .plan import MagicFacePlan
@@ -58,6 +59,23 @@ def _reference_latents(model_patcher, vae, images):
     with torch.no_grad():
         latents = vae.encode(images[..., :3])
     return model_patcher.model.process_latent_in(latents.float()).cpu()
+
+
+def _reference_concat(model_patcher, latents):
+    """The references' extra input channels on UNets that take more than the latent (inpainting
+    checkpoints): nothing of them is known, as in text-to-image, so their features form at
+    the target's noise level like those of a plain checkpoint."""
+    base = model_patcher.model
+    extra = unet_input_channels(base, latents.shape[1]) - latents.shape[1]
+    if extra == 0:
+        return None
+    concat = nothing_known_concat(base, latents)
+    if concat is None or concat.shape[1] != extra:
+        raise MagicFaceInputError(
+            NODE, "model", f"this UNet takes {extra} input channels besides the latent, which MagicFace cannot "
+            "fill for the references (it knows inpainting checkpoints' mask and masked image).",
+            "use a text-to-image or inpainting SD1.x, SD2.x or SDXL checkpoint.")
+    return concat.float().cpu()
 
 
 def _reference_masks(concepts, size, mask_mode):
@@ -130,9 +148,10 @@ def apply_magicface(model, clip, vae, concepts, prompt, schedule, seed=0, refere
     sigma_of = lambda fraction: float(sampling.percent_to_sigma(float(fraction)))
     context, ref_pooled = _reference_context(clip, concepts)
     images = _reference_images(concepts, size)
+    latents = _reference_latents(model, vae, images)
     plan = MagicFacePlan(
         injection_layers=tuple(injection), segmentation_layers=tuple(segmentation),
-        reference_latents=_reference_latents(model, vae, images), reference_images=images,
+        reference_latents=latents, reference_concat=_reference_concat(model, latents), reference_images=images,
         reference_masks=_reference_masks(concepts, size, schedule.mask_mode), mask_mode=schedule.mask_mode,
         weights=tuple(float(c.weight) for c in concepts), reference_context=context, reference_pooled=ref_pooled,
         concept_tokens=tuple(tuple(t) for t in concept_tokens), concept_names=tuple(c.words for c in concepts),

@@ -6,8 +6,8 @@ launch overhead. Coupling is used whenever nothing else could see the extra rows
 the separate pass runs (reference_pass.py), so other nodes' patches never meet reference rows:
 - another model_function_wrapper, or any attention/block patch that is not MagicFace's own (callbacks
   that IPAdapter-style nodes added to its hooks count as another node's);
-- conditioning inputs other than text context, adm ('y') and ControlNet residuals
-  (e.g. inpainting's c_concat, whose references would have nothing to concatenate);
+- conditioning inputs other than text context, adm ('y'), extra input channels ('c_concat' of
+  inpainting checkpoints, the references' own from the plan) and ControlNet residuals;
 - a frame the references do not fit in (aligned to 8 latent pixels) or fill less than half
   of; a larger frame, e.g. a 512x768 image with 512x512 references, gets them letterboxed: the
   border filled with wrapped copies of them (see ReferenceInputs.noisy_in_frame) and masked
@@ -22,7 +22,7 @@ import torch
 from .attention_hooks import CrossAttentionHook, SelfAttentionHook
 from .reference_pass import letterbox
 
-COUPLABLE_CONDS = frozenset({"c_crossattn", "y", "control", "transformer_options"})
+COUPLABLE_CONDS = frozenset({"c_crossattn", "y", "c_concat", "control", "transformer_options"})
 
 
 def _only_own_patches(options: dict) -> bool:
@@ -59,8 +59,9 @@ def can_couple(x, c: dict, refs, has_foreign_wrapper: bool):
     context = c.get("c_crossattn")
     if context is None or context.shape[-1] != refs.context.shape[-1] or context.shape[1] % refs.context.shape[1]:
         return None
-    if ("y" in c) != (refs.adm is not None) or ("y" in c and c["y"].shape[-1] != refs.adm.shape[-1]):
-        return None
+    for name, own in (("y", refs.adm), ("c_concat", refs.concat)):
+        if (name in c) != (own is not None) or (name in c and c[name].shape[1] != own.shape[1]):
+            return None
     return box if _control_rows_match(c.get("control"), x.shape[0]) else None
 
 
@@ -78,6 +79,8 @@ def coupled_inputs(x, timestep, c: dict, refs, sigma_value: float, box):
     coupled["c_crossattn"] = torch.cat([context, refs.context.to(context.dtype).repeat(1, repeats, 1)])
     if "y" in c:
         coupled["y"] = torch.cat([c["y"], refs.adm.to(c["y"].dtype)])
+    if "c_concat" in c:
+        coupled["c_concat"] = torch.cat([c["c_concat"], refs.in_frame(refs.concat, box).to(c["c_concat"].dtype)])
     if c.get("control") is not None:
         coupled["control"] = {name: [None if r is None else _append_zero_rows(r, count) for r in residuals]
                               for name, residuals in c["control"].items()}

@@ -5,6 +5,8 @@ replace patches) and newer hosts (the wrapper/callback API of comfy.patcher_exte
 """
 import inspect
 
+import torch
+
 import comfy.ldm.modules.attention as comfy_attention
 
 try:
@@ -52,3 +54,29 @@ def noise_to_sigma(model_sampling, sigma, noise, latent):
 def get_attention_replace(model_patcher, which, key):
     replaces = model_patcher.model_options.get("transformer_options", {}).get("patches_replace", {})
     return replaces.get(which, {}).get(key)
+
+
+# The latent of a black image that the 2024 host gives an inpainting UNet as its masked image
+# when nothing is known (newer hosts build it in BaseModel.blank_inpaint_image_like).
+_BLACK_IMAGE_LATENT = (0.8223, -0.6876, 0.6364, 0.1380)
+
+
+def nothing_known_concat(base_model, latents):
+    """The extra input channels (c_concat) that a UNet with more input than latent channels
+    takes, as the host builds them when no part of the image is given (text-to-image on an
+    inpainting checkpoint: mask all ones, masked image black).
+
+    latents: (R, C_lat, h, w) in the model's latent space. Returns (R, C_extra, h, w), or None
+    where the host has no rule for this model's extra channels.
+    """
+    concat_cond = getattr(base_model, "concat_cond", None)
+    if concat_cond is not None:  # hosts from 2024-08 on: every concat scheme they know
+        return concat_cond(noise=latents, latent_image=latents, denoise_mask=None, device=latents.device)
+    if getattr(base_model, "inpaint_model", False):  # the 2024 host: mask, then masked image
+        black = torch.tensor(_BLACK_IMAGE_LATENT, dtype=latents.dtype).reshape(1, -1, 1, 1)
+        return torch.cat([torch.ones_like(latents[:, :1]), black.expand_as(latents)], dim=1)
+    return None
+
+
+def unet_input_channels(base_model, default: int) -> int:
+    return base_model.model_config.unet_config.get("in_channels", default)

@@ -16,6 +16,8 @@ class MagicFacePlan(_SharedOnCopy):
     reference_masks: (R, Hm, Wm) float masks ("area" mode) or (R, 128, 128) bool (reference mode).
     reference_context: (R, T, C_ctx) text context of each reference prompt.
     reference_pooled: (R, C_pool) pooled text embedding, for models with adm conditioning.
+    reference_concat: (R, C_extra, h, w) the references' extra UNet input channels (c_concat) on
+        models that take them (inpainting checkpoints), else None.
     concept_tokens: per concept, its context token indices in the target prompt.
     reference_images: the references as encoded (R, S, S, 3), kept for the preview nodes.
     sigma_start > sigma_switch > sigma_end: the effect runs while sigma_end <= sigma <= sigma_start;
@@ -41,6 +43,7 @@ class MagicFacePlan(_SharedOnCopy):
     seed: int
     reference_images: Optional[torch.Tensor] = None   # (R, S, S, 3) as encoded, for previews
     reference_every: int = 1
+    reference_concat: Optional[torch.Tensor] = None
 
     @property
     def concept_count(self) -> int:

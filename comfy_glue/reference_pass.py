@@ -91,7 +91,9 @@ class ReferenceInputs:
     """The references' model inputs for one run and device, moved there once.
 
     latents: (R, C_lat, h, w) float32 clean latents; context: (R, T_ref, C_ctx) in the target
-    context's dtype; adm: (R, C_adm) 'y' vector on models that take one (SDXL), else None.
+    context's dtype; adm: (R, C_adm) 'y' vector on models that take one (SDXL), else None;
+    concat: (R, C_extra, h, w) float32 extra input channels (c_concat) on models that take them,
+    else None.
     """
 
     def __init__(self, plan, base_model, target_c, device):
@@ -101,6 +103,7 @@ class ReferenceInputs:
         self.latent_hw = tuple(self.latents.shape[-2:])
         self.context = plan.reference_context.to(device, target_c["c_crossattn"].dtype)
         self.adm = _reference_adm(base_model, plan, target_c, self.latent_hw, device)
+        self.concat = None if plan.reference_concat is None else plan.reference_concat.to(device, torch.float32)
         self.model_sampling = base_model.model_sampling
         self._wrap_box, self._wrap = None, None
 
@@ -120,10 +123,14 @@ class ReferenceInputs:
         MagicFace's whole effect against that pass, wrapped copies by 10-20 %.
         """
         noisy, sigma = self.noisy(sigma_value)
+        return self.in_frame(noisy, box), sigma
+
+    def in_frame(self, grids, box: Letterbox):
+        """(R, C, h, w) reference grids (noisy latents, concat channels) placed in the frame."""
         if box.frame_hw == box.ref_hw:
-            return noisy, sigma
+            return grids
         rows, columns = self._wrap_indices(box)
-        return noisy[:, :, rows[:, None], columns[None, :]], sigma
+        return grids[:, :, rows[:, None], columns[None, :]]
 
     def _wrap_indices(self, box: Letterbox):
         """Source row and column of every frame pixel: (frame h,), (frame w,) long, on the device."""
@@ -161,6 +168,8 @@ def run_reference_pass(run, hooks, apply_model, target_c, refs: ReferenceInputs,
         keys.CALL_CONTEXT_KEY: call,
     })
     extra = {} if refs.adm is None else {"y": refs.adm}
+    if refs.concat is not None:
+        extra["c_concat"] = refs.concat
     run.reference_kv.clear()
     with torch.no_grad():
         apply_model(noisy, sigma, c_crossattn=refs.context, transformer_options=options, **extra)

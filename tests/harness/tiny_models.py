@@ -170,10 +170,12 @@ def write_lora(path: Path, rank: int = 4, seed: int = 20) -> Path:
 
 
 def build_model_patcher(kind: str, seed: int = 30):
-    """A ModelPatcher-wrapped tiny UNet of class ``"sd2v"`` or ``"sdxl"``.
+    """A ModelPatcher-wrapped tiny UNet of class ``"sd2v"``, ``"sdxl"`` or ``"sd15inpaint"``.
 
     Built from ComfyUI's model classes directly (no checkpoint): SD2.x with
-    v-prediction, or SDXL with adm (`y`) conditioning.
+    v-prediction, SDXL with adm (`y`) conditioning, or an SD1.5 inpainting UNet
+    (9 input channels: latent, mask, masked-image latent), which the host's
+    model config marks as an inpainting model from its channel count.
     """
     import comfy.model_base
     import comfy.model_management
@@ -186,10 +188,16 @@ def build_model_patcher(kind: str, seed: int = 30):
     elif kind == "sdxl":
         config = comfy.supported_models.SDXL(dict(SDXL_UNET))
         model_type, model_class = comfy.model_base.ModelType.EPS, comfy.model_base.SDXL
+    elif kind == "sd15inpaint":
+        config = comfy.supported_models.SD15(dict(SD15_UNET, in_channels=9))
+        model_type, model_class = comfy.model_base.ModelType.EPS, None
     else:
         raise ValueError(f"unknown tiny model kind {kind!r}")
     config.set_inference_dtype(torch.float32, None)
-    model = model_class(config, model_type=model_type, device=torch.device("cpu"))
+    if model_class is None:  # the config's own choice: it sets the inpainting inputs up
+        model = config.get_model({}, device=torch.device("cpu"))
+    else:
+        model = model_class(config, model_type=model_type, device=torch.device("cpu"))
     weights = random_state_dict(_unet_module(config.unet_config), seed)
     missing, unexpected = model.diffusion_model.load_state_dict(weights, strict=False)
     if missing or unexpected:

@@ -1,6 +1,7 @@
 """Helpers for MagicFace integration tests: node calls in-process and API-format graphs."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,12 @@ def synthetic_concept(seed: int, size=(96, 80)):
     mask = torch.zeros(1, *size)
     mask[:, size[0] // 5: size[0] * 4 // 5, size[1] // 4: size[1] * 3 // 4] = 1
     return image, mask
+
+
+def two_concepts():
+    """Two synthetic concepts, "man" and "photo", of different image sizes."""
+    (image_a, mask_a), (image_b, mask_b) = synthetic_concept(11), synthetic_concept(12, size=(64, 64))
+    return concepts_from([(image_a, mask_a, "man", 2.5), (image_b, mask_b, "photo", 2.0)])
 
 
 def concepts_from(specs, previous=None):
@@ -129,3 +136,26 @@ def apply_with_other(tiny, other, other_first: bool, prompt="a photo of a man"):
     patched, positive, patch = apply(model, clip, vae, concepts, prompt)
     return other(patched), positive, patch
 
+
+def reference_calls(patch):
+    """(coupled, separate pass) reference computations so far."""
+    calls = patch.report()["calls"]
+    return calls.get(("references", "coupled"), 0), calls.get(("references", "separate pass"), 0)
+
+
+@contextmanager
+def separate_pass_only():
+    """References through their own pass, never coupled into the target's call."""
+    patch_module = pack_module("comfy_glue.patch")
+    saved = patch_module.can_couple
+    patch_module.can_couple = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        patch_module.can_couple = saved
+
+
+def assert_close(a, b):
+    """Equal up to the float rounding of a different batch size."""
+    relative = ((a - b).norm() / b.norm()).item()
+    assert relative < 1e-4, relative

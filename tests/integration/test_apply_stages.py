@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from .mf import apply, assert_stage_counts, concepts_from, encode, injected_calls, sample, schedule, synthetic_concept
+from .mf import apply, assert_stage_counts, concepts_from, injected_calls, sample, schedule, synthetic_concept
 
 LATENT = (1, 4, 16, 16)
 

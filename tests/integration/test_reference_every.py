@@ -7,8 +7,7 @@ separate reference passes reuse alike; a new run never starts from an old run's 
 import pytest
 import torch
 
-from .mf import apply, concepts_from, injected_calls, sample, schedule, synthetic_concept
-from .test_reference_rows import _assert_close, _separate_pass_only
+from .mf import apply, assert_close, concepts_from, injected_calls, sample, schedule, separate_pass_only, synthetic_concept
 
 LATENT = (1, 4, 16, 16)
 PROMPT = "a photo of a man"
@@ -47,10 +46,10 @@ def test_every_k_steps_refreshes_on_schedule_and_patches_every_step(tiny, negati
 def test_reuse_is_the_same_through_the_separate_pass(tiny, negative):
     patched, positive, patch = _patched(tiny, 3)
     coupled = sample(patched, positive, negative, torch.zeros(LATENT), steps=5)
-    with _separate_pass_only():
+    with separate_pass_only():
         separate = sample(patched, positive, negative, torch.zeros(LATENT), steps=5)
     assert _reference_calls(patch) == {"coupled": 0, "separate pass": 2, "reused": 3}  # steps 1 and 4
-    _assert_close(coupled, separate)
+    assert_close(coupled, separate)
 
 
 def test_steps_are_counted_by_noise_level_not_by_calls(tiny, negative):

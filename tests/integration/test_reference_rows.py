@@ -3,77 +3,49 @@
 Both ways must give the same image (up to float rounding of a different batch size), and the
 separate pass must be chosen exactly when something else could see the extra rows.
 """
-from contextlib import contextmanager
-
 import pytest
 import torch
 
-from .mf import apply, concepts_from, node, pack_module, sample, synthetic_concept
+from .mf import apply, assert_close, node, reference_calls, sample, separate_pass_only, two_concepts
 
 LATENT = (1, 4, 16, 16)
 PROMPT = "a photo of a man"
 
 
-def _two_concepts():
-    (image_a, mask_a), (image_b, mask_b) = synthetic_concept(11), synthetic_concept(12, size=(64, 64))
-    return concepts_from([(image_a, mask_a, "man", 2.5), (image_b, mask_b, "photo", 2.0)])
-
-
-def _reference_calls(patch):
-    calls = patch.report()["calls"]
-    return calls.get(("references", "coupled"), 0), calls.get(("references", "separate pass"), 0)
-
-
-@contextmanager
-def _separate_pass_only():
-    patch_module = pack_module("comfy_glue.patch")
-    saved = patch_module.can_couple
-    patch_module.can_couple = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        patch_module.can_couple = saved
-
-
-def _assert_close(a, b):
-    relative = ((a - b).norm() / b.norm()).item()
-    assert relative < 1e-4, relative
-
-
 def test_references_ride_in_the_target_batch_and_match_the_separate_pass(tiny, negative):
     model, clip, vae = tiny
-    patched, positive, patch = apply(model, clip, vae, _two_concepts(), PROMPT)
+    patched, positive, patch = apply(model, clip, vae, two_concepts(), PROMPT)
     coupled = sample(patched, positive, negative, torch.zeros(LATENT), steps=4)
-    assert _reference_calls(patch) == (4, 0)
-    with _separate_pass_only():
+    assert reference_calls(patch) == (4, 0)
+    with separate_pass_only():
         separate = sample(patched, positive, negative, torch.zeros(LATENT), steps=4)
-    assert _reference_calls(patch) == (0, 4)
-    _assert_close(coupled, separate)
+    assert reference_calls(patch) == (0, 4)
+    assert_close(coupled, separate)
     assert not torch.equal(coupled, sample(model, positive, negative, torch.zeros(LATENT), steps=4))
 
 
 def test_controlnet_residuals_skip_the_reference_rows(tiny, negative, tiny_controlnet):
     model, clip, vae = tiny
-    patched, positive, patch = apply(model, clip, vae, _two_concepts(), PROMPT)
+    patched, positive, patch = apply(model, clip, vae, two_concepts(), PROMPT)
     control = node("ControlNetLoader").load_controlnet(tiny_controlnet.name)[0]
     hint = torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(5))
     controlled = node("ControlNetApply").apply_controlnet(positive, control, hint, 1.0)[0]
     coupled = sample(patched, controlled, negative, torch.zeros(LATENT), steps=3)
-    assert _reference_calls(patch) == (3, 0)
-    with _separate_pass_only():
+    assert reference_calls(patch) == (3, 0)
+    with separate_pass_only():
         separate = sample(patched, controlled, negative, torch.zeros(LATENT), steps=3)
-    _assert_close(coupled, separate)
+    assert_close(coupled, separate)
 
 
 def test_long_prompt_repeats_the_reference_context(tiny, negative):
     model, clip, vae = tiny
     prompt = ", ".join(["a sunny park with tall green trees and a blue sky"] * 9) + ", a photo of a man"
-    patched, positive, patch = apply(model, clip, vae, _two_concepts(), prompt)
+    patched, positive, patch = apply(model, clip, vae, two_concepts(), prompt)
     coupled = sample(patched, positive, negative, torch.zeros(LATENT), steps=3)
-    assert _reference_calls(patch) == (3, 0)
-    with _separate_pass_only():
+    assert reference_calls(patch) == (3, 0)
+    with separate_pass_only():
         separate = sample(patched, positive, negative, torch.zeros(LATENT), steps=3)
-    _assert_close(coupled, separate)
+    assert_close(coupled, separate)
 
 
 class ForeignBlockPatch:
@@ -95,17 +67,17 @@ def test_foreign_block_patch_never_sees_reference_rows(tiny, negative):
     other = model.clone()
     foreign = ForeignBlockPatch()
     other.set_model_output_block_patch(foreign)
-    patched, positive, patch = apply(other, clip, vae, _two_concepts(), PROMPT)
+    patched, positive, patch = apply(other, clip, vae, two_concepts(), PROMPT)
     sample(patched, positive, negative, torch.zeros(LATENT), steps=3)
-    assert _reference_calls(patch) == (0, 3)
+    assert reference_calls(patch) == (0, 3)
     assert foreign.batches and set(foreign.batches) == {2}  # cond + uncond only, never 2 + R
 
 
 def test_larger_frame_letterboxes_the_references(tiny, negative):
     model, clip, vae = tiny
-    patched, positive, patch = apply(model, clip, vae, _two_concepts(), PROMPT)  # 16x16 reference latents
+    patched, positive, patch = apply(model, clip, vae, two_concepts(), PROMPT)  # 16x16 reference latents
     latent = sample(patched, positive, negative, torch.zeros(1, 4, 16, 32), steps=3)
-    assert _reference_calls(patch) == (3, 0) and torch.isfinite(latent).all()
+    assert reference_calls(patch) == (3, 0) and torch.isfinite(latent).all()
     report = patch.report()
     for layer in patch.plan.injection_layers:
         assert report["calls"][("rsa", layer.name)] + report["calls"].get(("rba", layer.name), 0) == 3
@@ -124,9 +96,9 @@ def test_larger_frame_letterboxes_the_references(tiny, negative):
 
 def test_smaller_frame_takes_the_separate_pass(tiny, negative):
     model, clip, vae = tiny
-    patched, positive, patch = apply(model, clip, vae, _two_concepts(), PROMPT)
+    patched, positive, patch = apply(model, clip, vae, two_concepts(), PROMPT)
     latent = sample(patched, positive, negative, torch.zeros(1, 4, 16, 8), steps=2)
-    assert _reference_calls(patch) == (0, 2) and torch.isfinite(latent).all()
+    assert reference_calls(patch) == (0, 2) and torch.isfinite(latent).all()
 
 
 @pytest.mark.parametrize("frame", [(16, 24), (16, 32)])
@@ -134,12 +106,12 @@ def test_letterboxed_references_stay_close_to_their_own_pass(tiny, negative, fra
     """The letterbox is an approximation (the references' norms and self-attention see the frame):
     it must stay a small part of MagicFace's effect. A zero border gave 0.28 and 0.51 here."""
     model, clip, vae = tiny
-    patched, positive, patch = apply(model, clip, vae, _two_concepts(), PROMPT)  # 16x16 reference latents
+    patched, positive, patch = apply(model, clip, vae, two_concepts(), PROMPT)  # 16x16 reference latents
     latent = torch.zeros(1, 4, *frame)
     plain = sample(model, positive, negative, latent, steps=6)
     letterboxed = sample(patched, positive, negative, latent, steps=6)
-    assert _reference_calls(patch) == (6, 0)
-    with _separate_pass_only():
+    assert reference_calls(patch) == (6, 0)
+    with separate_pass_only():
         separate = sample(patched, positive, negative, latent, steps=6)
     deviation = ((letterboxed - separate).norm() / (separate - plain).norm()).item()
     print(f"frame {frame}: letterbox deviation {deviation:.3f} of the effect")
@@ -148,6 +120,6 @@ def test_letterboxed_references_stay_close_to_their_own_pass(tiny, negative, fra
 
 def test_references_filling_less_than_half_the_frame_take_their_own_pass(tiny, negative):
     model, clip, vae = tiny
-    patched, positive, patch = apply(model, clip, vae, _two_concepts(), PROMPT)  # 16x16 reference latents
+    patched, positive, patch = apply(model, clip, vae, two_concepts(), PROMPT)  # 16x16 reference latents
     latent = sample(patched, positive, negative, torch.zeros(1, 4, 24, 24), steps=2)
-    assert _reference_calls(patch) == (0, 2) and torch.isfinite(latent).all()
+    assert reference_calls(patch) == (0, 2) and torch.isfinite(latent).all()
