@@ -1,13 +1,42 @@
-"""Semantic-aware CFG as a sampler_cfg_function.
+"""Semantic-aware CFG: a sampler_cfg_function, and a post-CFG backstop for when another node
+replaces that function after MagicFace Apply.
 
-ComfyUI hands the function x - denoised for both branches; the per-pixel rate is a ratio of
-norms, so it is the same in that space as in epsilon space. An existing cfg function of
+ComfyUI hands a cfg function x - denoised for both branches; the per-pixel rate is a ratio of
+norms, so it is the same in that space as in the denoised one. An existing cfg function of
 another node is kept: it receives the rate-modulated cond, so both effects compose.
+
+Nodes applied after MagicFace Apply (RescaleCFG, PerpNeg, custom CFG nodes) set their own cfg
+function without keeping the one before. Post-CFG functions are a list every node appends to,
+so the backstop there still runs: at an evaluation where the cfg hook did not run, it adds the
+semantic modulation cond_scale * (rate - 1) * (cond - uncond) to that node's result (with plain
+CFG in its place this is semantic CFG exactly).
 """
+import logging
+
 import torch
 
 from .concepts import _SharedOnCopy
 from ..magicface_attn import semantic_cfg, semantic_cfg_rate
+
+log = logging.getLogger("MagicFace")
+
+
+def _sigma_value(sigma) -> float:
+    return float(sigma.reshape(-1)[0]) if torch.is_tensor(sigma) else float(sigma)
+
+
+def _step_segmentation(run, sigma, rows: int, scale: float):
+    """The segmentation semantic CFG uses at this evaluation, or None where it leaves CFG plain."""
+    if run is None or scale == 1.0:
+        return None
+    segmentation = run.segmentation_at(_sigma_value(sigma))
+    return segmentation if segmentation is not None and len(segmentation) == rows else None
+
+
+def _rate(segmentation, uncond, cond, scale: float):
+    token_regions = torch.stack([s.token_regions for s in segmentation]).to(cond.device)
+    fore = torch.stack([s.fore for s in segmentation]).to(cond.device)
+    return semantic_cfg_rate(uncond, cond, token_regions, fore, scale).to(cond.dtype)
 
 
 class SemanticGuidanceHook(_SharedOnCopy):
@@ -22,15 +51,45 @@ class SemanticGuidanceHook(_SharedOnCopy):
     def __call__(self, args):
         scale = float(args["cond_scale"])
         run = self.patch.active_run()
-        sigma = float(args["sigma"].reshape(-1)[0]) if torch.is_tensor(args["sigma"]) else float(args["sigma"])
-        segmentation = run.segmentation_at(sigma) if run is not None else None
+        if run is not None:
+            run.cfg_hook_ran = True
         cond, uncond = args["cond"], args["uncond"]
-        if segmentation is None or scale == 1.0 or len(segmentation) != cond.shape[0]:
+        segmentation = _step_segmentation(run, args["sigma"], cond.shape[0], scale)
+        if segmentation is None:
             return self._fallback(args)
-        token_regions = torch.stack([s.token_regions for s in segmentation]).to(cond.device)
-        fore = torch.stack([s.fore for s in segmentation]).to(cond.device)
-        rate = semantic_cfg_rate(uncond, cond, token_regions, fore, scale).to(cond.dtype)
+        rate = _rate(segmentation, uncond, cond, scale)
         run.calls[("guidance", "step")] += 1
         if self.previous is not None:
             return self.previous({**args, "cond": uncond + rate * (cond - uncond)})
         return semantic_cfg(uncond, cond, rate, scale)
+
+
+class SemanticGuidanceBackstop(_SharedOnCopy):
+    """sampler_post_cfg_function; see the module docstring."""
+
+    def __init__(self, patch):
+        self.patch = patch
+
+    def __call__(self, args):
+        denoised = args["denoised"]
+        run = self.patch.active_run()
+        if run is None:
+            return denoised
+        ran, run.cfg_hook_ran = run.cfg_hook_ran, False
+        uncond = args.get("uncond_denoised")
+        if ran or uncond is None:
+            return denoised
+        if "cond_scale" not in args:  # the 2024 host does not pass the CFG scale here
+            if not run.calls[("guidance", "replaced")]:
+                log.warning("[MagicFace Apply] a node applied after MagicFace Apply replaced the CFG function, "
+                            "so semantic CFG is off in this run; apply that node before MagicFace Apply.")
+            run.calls[("guidance", "replaced")] += 1
+            return denoised
+        scale = float(args["cond_scale"])
+        cond = args["cond_denoised"]
+        segmentation = _step_segmentation(run, args["sigma"], cond.shape[0], scale)
+        if segmentation is None:
+            return denoised
+        rate = _rate(segmentation, uncond, cond, scale)
+        run.calls[("guidance", "after another cfg function")] += 1
+        return denoised + (cond - uncond) * ((rate - 1) * scale)

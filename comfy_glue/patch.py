@@ -5,7 +5,8 @@ Hooks installed (all wrap what was there before, never overwrite it):
 - attn2 replace on segmentation layers (segmentation maps);
 - model_function_wrapper: per-call context, the references' rows (coupled into the call's batch
   or a separate pass, see coupling.py), segmentation at the end of a call;
-- sampler_cfg_function: semantic-aware CFG (when enabled);
+- sampler_cfg_function: semantic-aware CFG (when enabled), and a post-CFG function that keeps it
+  on where another node replaces the cfg function later (see guidance_hook.py);
 - OUTER_SAMPLE wrapper where the host has one, so a run's state is created and released in
   a try/finally around the whole sampling. The 2024 host has no such hook: there a run
   starts at the first model call whose sigma is above the previous one, and the previous
@@ -17,7 +18,7 @@ from . import keys
 from .attention_hooks import CrossAttentionHook, SelfAttentionHook, prepare_rba_regions
 from .batch_rows import batch_rows
 from .concepts import _SharedOnCopy
-from .guidance_hook import SemanticGuidanceHook
+from .guidance_hook import SemanticGuidanceBackstop, SemanticGuidanceHook
 from .host import add_outer_sample_wrapper, get_attention_replace, has_outer_sample_wrapper
 from .layers import layer_hw
 from .coupling import can_couple, coupled_inputs
@@ -58,6 +59,7 @@ class MagicFacePatch(_SharedOnCopy):
         if self.plan.semantic_cfg:
             previous_cfg = model_patcher.model_options.get("sampler_cfg_function")
             model_patcher.set_model_sampler_cfg_function(SemanticGuidanceHook(self, previous_cfg))
+            model_patcher.set_model_sampler_post_cfg_function(SemanticGuidanceBackstop(self))
         if has_outer_sample_wrapper(model_patcher):
             add_outer_sample_wrapper(model_patcher, keys.WRAPPER_KEY, OuterSampleHook(self))
 
@@ -140,9 +142,10 @@ class ModelCallHook(_SharedOnCopy):
             return self._forward(apply_model, args)
         chunk = x.shape[0] // len(cond_or_uncond)
         extra_pass = run.extra_pass(sigma, cond_or_uncond)
-        if extra_pass and run.carries_negative_prompt(c["c_crossattn"]):
-            # An unconditional prediction computed again (SAG's blurred pass): left as plain as
-            # the step's own uncond rows, else the guidance would subtract MagicFace's effect.
+        if extra_pass and not run.carries_positive_prompt(c["c_crossattn"]):
+            # A baseline prediction of another prompt (SAG's blurred negative, PerpNeg's empty
+            # prompt): left as plain as the step's own uncond rows, else the guidance would
+            # subtract MagicFace's effect.
             run.calls[("guidance pass", "plain")] += 1
             return self._forward(apply_model, args)
         run.begin_step(sigma)

@@ -103,7 +103,8 @@ class MagicFaceRun:
         self._step_sigma = None
         self.reference_step = None       # step_count when the stored reference features were made
         self.segmented_rows = []         # [(sigma, cond_or_uncond of the call that made its segmentation)]
-        self.negative_context = None     # (T, C) text context of the last own call's first uncond row
+        self.positive_context = None     # (T, C) text context of the last own call's first cond row
+        self.cfg_hook_ran = False        # set by the cfg hook, read and reset by the post-CFG backstop
 
     def is_continued_by(self, sigma: float) -> bool:
         """Whether a model call at this sigma belongs to this run (sigmas never rise within one)."""
@@ -192,12 +193,11 @@ class MagicFaceRun:
         self.calls[("segmentation", "step")] += 1
 
     def note_own_call(self, sigma: float, cond_or_uncond, context, chunk: int):
-        """After a call that made this noise level's segmentation: its rows, and its negative
+        """After a call that made this noise level's segmentation: its rows, and its positive
         prompt (a view of the call's context, kept until the next own call)."""
         self.segmented_rows = [(s, rows) for s, rows in self.segmented_rows[-KEPT_SEGMENTATIONS:]
                                if not same_sigma(s, sigma)] + [(sigma, tuple(cond_or_uncond))]
-        if keys.UNCOND_FLAG in cond_or_uncond:
-            self.negative_context = context[cond_or_uncond.index(keys.UNCOND_FLAG) * chunk]
+        self.positive_context = context[cond_or_uncond.index(keys.COND_FLAG) * chunk]
 
     def extra_pass(self, sigma: float, cond_or_uncond) -> bool:
         """Whether a call is another node's extra pass at a noise level whose own call already ran
@@ -209,14 +209,16 @@ class MagicFaceRun:
                 return rows != tuple(cond_or_uncond)
         return False
 
-    def carries_negative_prompt(self, context) -> bool:
-        """Whether the first row's text context is the last own call's negative prompt (SAG puts
-        it in the cond slot of its pass). One host sync, on extra passes only; contexts of
-        different lengths are compared over the shorter (the host repeats shorter ones)."""
-        if self.negative_context is None:
+    def carries_positive_prompt(self, context) -> bool:
+        """Whether the first row's text context is the last own call's positive prompt: true for
+        Perturbed-Attention Guidance's pass, false for Self-Attention Guidance's (the negative
+        prompt in the cond slot) and the 2024 PerpNeg node's (the empty prompt). One host sync,
+        on extra passes only; contexts of different lengths are compared over the shorter (the
+        host repeats shorter ones)."""
+        if self.positive_context is None:
             return False
-        tokens = min(context.shape[1], self.negative_context.shape[0])
-        return bool(torch.equal(context[0, :tokens], self.negative_context[:tokens]))
+        tokens = min(context.shape[1], self.positive_context.shape[0])
+        return bool(torch.equal(context[0, :tokens], self.positive_context[:tokens]))
 
     def segmentation_before(self, sigma: float):
         """Newest segmentation computed at a higher noise level (the previous step)."""
