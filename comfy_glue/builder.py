@@ -110,6 +110,15 @@ def _validate_model(model_patcher):
     return layers
 
 
+def _validate_clip(model_patcher, cond):
+    width = model_patcher.model.model_config.unet_config.get("context_dim")
+    if width is not None and cond.shape[-1] != width:
+        raise MagicFaceInputError(
+            NODE, "clip", f"its text features are {cond.shape[-1]} wide, but this model's cross-attention "
+            f"takes {width}: the CLIP belongs to another model family.",
+            "connect the CLIP output of the same checkpoint as the model (SD1.x: 768, SD2.x: 1024, SDXL: 2048).")
+
+
 def apply_magicface(model, clip, vae, concepts, prompt, schedule, seed=0, reference_size=0):
     """Returns (patched clone, positive CONDITIONING of the prompt, the MagicFacePatch or None)."""
     if not prompt.strip():
@@ -130,6 +139,7 @@ def apply_magicface(model, clip, vae, concepts, prompt, schedule, seed=0, refere
                                   "needs.", "use an SD1.x, SD2.x or SDXL checkpoint.")
     concept_tokens = locate_concept_tokens(clip.tokenize, prompt, [c.words for c in concepts])
     cond, pooled = encode_text(clip, prompt)
+    _validate_clip(model, cond)
     conditioning = [[cond, {"pooled_output": pooled}]]
 
     empty = [c.words for c in concepts if c.mask_is_empty]
@@ -157,7 +167,8 @@ def apply_magicface(model, clip, vae, concepts, prompt, schedule, seed=0, refere
         concept_tokens=tuple(tuple(t) for t in concept_tokens), concept_names=tuple(c.words for c in concepts),
         ca_scale=schedule.resolved_ca_scale(len(concepts)), semantic_cfg=bool(schedule.semantic_cfg),
         sigma_start=sigma_of(schedule.start_at), sigma_switch=sigma_of(schedule.switch_at),
-        sigma_end=sigma_of(schedule.end_at), seed=int(seed), reference_every=int(schedule.reference_every))
+        sigma_end=sigma_of(schedule.end_at), seed=int(seed), reference_every=int(schedule.reference_every),
+        prompt_context=cond[0].cpu())
     patched = model.clone()
     patch = MagicFacePatch(plan)
     patch.install(patched)

@@ -149,6 +149,8 @@ class ModelCallHook(_SharedOnCopy):
             run.calls[("guidance pass", "plain")] += 1
             return self._forward(apply_model, args)
         run.begin_step(sigma)
+        if not extra_pass:
+            run.check_prompt(c["c_crossattn"], cond_or_uncond.index(keys.COND_FLAG) * chunk)
         fresh = run.references_due()
         call = None
         try:

@@ -18,6 +18,8 @@ class MagicFacePlan(_SharedOnCopy):
     reference_pooled: (R, C_pool) pooled text embedding, for models with adm conditioning.
     reference_concat: (R, C_extra, h, w) the references' extra UNet input channels (c_concat) on
         models that take them (inpainting checkpoints), else None.
+    prompt_context: (T, C) the target prompt's text context as Apply encoded it, to check that the
+        sampler's positive prompt is that prompt.
     concept_tokens: per concept, its context token indices in the target prompt.
     reference_images: the references as encoded (R, S, S, 3), kept for the preview nodes.
     sigma_start > sigma_switch > sigma_end: the effect runs while sigma_end <= sigma <= sigma_start;
@@ -44,6 +46,7 @@ class MagicFacePlan(_SharedOnCopy):
     reference_images: Optional[torch.Tensor] = None   # (R, S, S, 3) as encoded, for previews
     reference_every: int = 1
     reference_concat: Optional[torch.Tensor] = None
+    prompt_context: Optional[torch.Tensor] = None
 
     @property
     def concept_count(self) -> int:

@@ -6,6 +6,7 @@ one model call and travels to the attention hooks through transformer_options.
 Everything is keyed by noise level (sigma), never by call counters, so samplers that call
 the model several times per step, skip the uncond branch or batch several images work.
 """
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
@@ -16,6 +17,8 @@ from . import keys
 from .layers import layer_hw
 from .propagation_queue import PropagationQueue
 from ..magicface_attn import make_reference_kv, mask_to_layer, pack_layout, segment
+
+log = logging.getLogger("MagicFace")
 
 SIGMA_RTOL = 1e-5
 KEPT_SEGMENTATIONS = 3
@@ -105,6 +108,7 @@ class MagicFaceRun:
         self.segmented_rows = []         # [(sigma, cond_or_uncond of the call that made its segmentation)]
         self.positive_context = None     # (T, C) text context of the last own call's first cond row
         self.cfg_hook_ran = False        # set by the cfg hook, read and reset by the post-CFG backstop
+        self.prompt_checked = False
 
     def is_continued_by(self, sigma: float) -> bool:
         """Whether a model call at this sigma belongs to this run (sigmas never rise within one)."""
@@ -136,6 +140,24 @@ class MagicFaceRun:
         if self._step_sigma is None or not same_sigma(sigma, self._step_sigma):
             self.step_count += 1
             self._step_sigma = sigma
+
+    def check_prompt(self, context, cond_row: int):
+        """Warns once per run when the sampler's positive prompt differs from Apply's at the
+        concept words' tokens (e.g. a separate CLIP Text Encode with another prompt): MagicFace
+        would act on whatever tokens sit there. One host sync per run."""
+        if self.prompt_checked or self.plan.prompt_context is None:
+            return
+        self.prompt_checked = True
+        positions = [t for group in self.plan.concept_tokens for t in group if t < context.shape[1]]
+        expected = self.plan.prompt_context[positions].to(context.device, context.dtype)
+        if torch.equal(context[cond_row, positions], expected):
+            return
+        self.calls[("prompt", "not MagicFace Apply's")] += 1
+        log.warning("[MagicFace Apply] the sampler's positive prompt differs from MagicFace Apply's prompt at the "
+                    "concept words (%s), so MagicFace may act on other words. Fix: connect MagicFace Apply's "
+                    "'positive' output to the sampler (through nodes that keep the text, such as Apply ControlNet); "
+                    "ignore this if the text was changed on purpose (e.g. Conditioning Average).",
+                    ", ".join(self.plan.concept_names))
 
     def references_due(self) -> bool:
         """Whether this call computes the references' features, or reuses those of an earlier

@@ -107,3 +107,11 @@ def test_segmentation_falls_back_to_the_only_attention_level(comfy_host):
     single = [layers.AttentionLayer(("output", index, 0), 2, True) for index in range(3)]
     assert layers.select_segmentation_layers(single) == single
     assert layers.select_segmentation_layers([layers.AttentionLayer(("input", 1, 0), 1, False)]) == []
+
+
+def test_a_clip_of_another_family_is_a_clear_error(tiny, tiny_sdxl_model):
+    _, clip, vae = tiny  # SD1.5's CLIP-L (768 wide) with an SDXL UNet (2048)
+    image, mask = synthetic_concept(0)
+    with pytest.raises(ValueError, match=r"\[MagicFace Apply\] input 'clip': its text features are 768 wide, "
+                                         r"but this model's cross-attention takes 2048"):
+        apply(tiny_sdxl_model, clip, vae, concepts_from([(image, mask, "man", 3.0)]), "a photo of a man")

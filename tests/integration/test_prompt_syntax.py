@@ -1,5 +1,6 @@
 """Prompts as ComfyUI users write them: weights in brackets and textual-inversion embeddings,
 in the prompt and as a concept's word."""
+import logging
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,18 @@ def test_an_embedding_can_be_the_concept_word(tiny, negative, embeddings):
     other = embeddings("mf_other", vectors=2, seed=3)
     tokens, _ = _run(tiny, negative, face, f"a photo of {face} with {other}")
     assert tokens == ((4, 5),)  # both vectors of the concept's embedding, not the other one's
+
+
+@pytest.mark.parametrize("sampler_prompt, warned", [
+    ("a photo of a man", False),             # the same text encoded by another CLIP Text Encode
+    ("a photo of a man, sharp focus", False),  # text after the concept word leaves its token as it is
+    ("masterpiece, a photo of a man", True),   # the word moved: MagicFace would read other tokens
+])
+def test_a_sampler_prompt_other_than_applys_is_reported(tiny, negative, caplog, sampler_prompt, warned):
+    model, clip, vae = tiny
+    patched, _, patch = apply(model, clip, vae, _concept("man"), "a photo of a man")
+    with caplog.at_level(logging.WARNING, logger="MagicFace"):
+        sample(patched, encode(clip, sampler_prompt), negative, torch.zeros(LATENT), steps=2)
+    calls = patch.report()["calls"]
+    assert calls.get(("prompt", "not MagicFace Apply's"), 0) == int(warned)
+    assert ("differs from MagicFace Apply's prompt at the concept words (man)" in caplog.text) == warned
