@@ -41,10 +41,16 @@ def _plan_for(model_patcher, context_dim, pooled_dim=None, concepts=2, seed=0):
         sigma_switch=float(sampling.percent_to_sigma(0.42)), sigma_end=float(sampling.percent_to_sigma(1.0)), seed=seed)
 
 
-@pytest.mark.parametrize("family", ["sd2v", "sdxl"])
-def test_unet_families(family, tiny_sd2v_model, tiny_sdxl_model):
-    model = tiny_sd2v_model if family == "sd2v" else tiny_sdxl_model
-    context_dim, pooled_dim = (1024, None) if family == "sd2v" else (2048, 1280)
+@pytest.fixture(scope="module")
+def tiny_sdxl_refiner_model(comfy_host):
+    from harness.tiny_models import build_model_patcher
+    return build_model_patcher("sdxl_refiner")
+
+
+@pytest.mark.parametrize("family", ["sd2v", "sdxl", "sdxl_refiner"])
+def test_unet_families(family, request):
+    model = request.getfixturevalue(f"tiny_{family}_model")
+    context_dim, pooled_dim = {"sd2v": (1024, None), "sdxl": (2048, 1280), "sdxl_refiner": (1280, 1280)}[family]
     generator = torch.Generator().manual_seed(1)
     extra = {} if pooled_dim is None else {"pooled_output": torch.randn(1, pooled_dim, generator=generator)}
     positive = [[torch.randn(1, 77, context_dim, generator=generator), dict(extra)]]
