@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from .mf import apply, assert_stage_counts, concepts_from, injected_calls, sample, schedule, synthetic_concept
+from .mf import apply, assert_stage_counts, concepts_from, injected_calls, run_node, sample, schedule, synthetic_concept
 
 LATENT = (1, 4, 16, 16)
 
@@ -125,3 +125,21 @@ def test_requeue_is_deterministic(tiny, negative):
     first = sample(patched, positive, negative, torch.zeros(LATENT), steps=3)
     second = sample(patched, positive, negative, torch.zeros(LATENT), steps=3)
     assert torch.equal(first, second)
+
+
+def test_hires_fix_second_pass_on_a_larger_latent(tiny, negative):
+    """The usual two-pass graph: sample, upscale the latent, sample again at denoise 0.5 with the
+    same MagicFace model. The second pass is a run of its own on the larger frame (the first
+    run's segmentations, made on the smaller grid, are not carried over)."""
+    model, clip, vae = tiny
+    patched, positive, patch = apply(model, clip, vae, _one_concept(), "a photo of a man")
+    first = sample(patched, positive, negative, torch.zeros(LATENT), steps=3)
+    upscaled = run_node("LatentUpscale", samples={"samples": first}, upscale_method="nearest-exact",
+                        width=LATENT[3] * 12, height=LATENT[2] * 12, crop="disabled")[0]["samples"]
+    second = sample(patched, positive, negative, upscaled, steps=4, denoise=0.5)
+    report = patch.report()
+    assert_stage_counts(report, patch)
+    assert len(report["rsa_sigmas"]) + len(report["rba_sigmas"]) == 4
+    assert all(tuple(labels.shape[-2:]) == (LATENT[2] * 3 // 4, LATENT[3] * 3 // 4)
+               for _, labels in report["label_history"])
+    assert torch.isfinite(second).all() and second.shape[-2:] == upscaled.shape[-2:]
