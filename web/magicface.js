@@ -1,5 +1,6 @@
 // MagicFace front-end extension: concept words highlighted in MagicFace Apply's prompt,
-// a red warning for a concept word the prompt lacks, node colours and tooltips.
+// red warnings for a concept word the prompt lacks and for an unconnected 'positive' output,
+// node colours and tooltips.
 // Works in the legacy front end (2024 host) and the current comfyui-frontend-package,
 // which keeps "../../scripts/app.js" as a shim.
 import { app } from "../../scripts/app.js";
@@ -79,6 +80,13 @@ function tokens(text) {
   return [...text.matchAll(TOKEN)].map((m) => ({ text: m[0], lower: m[0].toLowerCase(), start: m.index }));
 }
 
+// MagicFace finds the concept words in its own prompt: a sampler that takes Apply's model but
+// not its 'positive' samples another prompt (the server warns at run time; this shows it first).
+function positiveUnwired(node) {
+  const linked = (name) => (node.outputs?.find((output) => output.name === name)?.links?.length ?? 0) > 0;
+  return linked("model") && !linked("positive");
+}
+
 // Which prompt token belongs to which concept, and which concepts the prompt lacks.
 function analyse(node) {
   const prompt = promptOf(node);
@@ -98,7 +106,7 @@ function analyse(node) {
     if (!found) missing.push({ index, words: concept.words });
   });
   const words = promptTokens.map((t, i) => ({ text: t.text, start: t.start, concept: owner[i] }));
-  return { prompt, concepts, unknown, words, missing };
+  return { prompt, concepts, unknown, words, missing, unwired: positiveUnwired(node) };
 }
 
 function conceptTooltip(concept, index) {
@@ -118,13 +126,23 @@ function warningLine(miss) {
   return line;
 }
 
+function unwiredLine() {
+  const line = document.createElement("span");
+  line.className = "mf-warning";
+  line.dataset.unwired = "positive";
+  line.textContent = "\u26a0 'positive' is not connected: connect it to the sampler's positive input.";
+  line.title = "MagicFace finds the concept words in this node's prompt; a sampler given another prompt would " +
+    "apply them to other words.";
+  return line;
+}
+
 function infoLine(text) {
   return Object.assign(document.createElement("span"), { className: "mf-info", textContent: text });
 }
 
 // Warnings first, so they stay in sight however small the node is; then the prompt's words.
 function render(element, state) {
-  element.replaceChildren(...state.missing.map(warningLine));
+  element.replaceChildren(...state.missing.map(warningLine), ...(state.unwired ? [unwiredLine()] : []));
   let cursor = 0;
   for (const word of state.words) {
     if (word.start > cursor) element.append(state.prompt.slice(cursor, word.start));
@@ -168,13 +186,13 @@ function refresh(node) {
   if (!view) return null;
   const state = analyse(node);
   const key = JSON.stringify([state.prompt, state.concepts.map((c) => [c.words, c.weight, c.node?.id]),
-    state.unknown.map((n) => n.id)]);
+    state.unknown.map((n) => n.id), state.unwired]);
   if (key !== view.key) {
     view.key = key;
     render(view.element, state);
     node.setDirtyCanvas?.(true, true); // redraw the red frame now, not at the next mouse move
   }
-  node.magicfaceMissing = state.missing.map((m) => m.words);
+  node.magicfaceWarned = state.missing.length > 0 || state.unwired;
   return state;
 }
 
@@ -207,14 +225,15 @@ app.registerExtension({
     // For tests and other extensions: what the view shows, computed now.
     nodeType.prototype.magicfaceState = function () {
       const state = refresh(this);
-      return state && { prompt: state.prompt, missing: state.missing, concepts: state.concepts.map((c) => c.words),
+      return state && { prompt: state.prompt, missing: state.missing, unwired: state.unwired,
+        concepts: state.concepts.map((c) => c.words),
         words: state.words.map((w) => ({ text: w.text, concept: w.concept, colour: w.concept >= 0 ? colourOf(w.concept) : null })) };
     };
-    // A red title bar while a concept word is missing: visible before queueing.
+    // A red frame while a concept word is missing or 'positive' is unwired: visible before queueing.
     const onDrawForeground = nodeType.prototype.onDrawForeground;
     nodeType.prototype.onDrawForeground = function (ctx) {
       const result = onDrawForeground?.apply(this, arguments);
-      if (this.magicfaceMissing?.length && !this.flags?.collapsed) {
+      if (this.magicfaceWarned && !this.flags?.collapsed) {
         ctx.save();
         ctx.strokeStyle = WARNING_COLOR;
         ctx.lineWidth = 2;

@@ -136,6 +136,7 @@ def test_example_workflow_loads(page, name):
     expected = {node["id"]: node["widgets_values"] for node in ui_workflow(name)["nodes"]}
     for node_id, values in saved:  # the front end reads every widget value where the file put it
         assert values[:len(expected[node_id])] == expected[node_id], f"{name} node {node_id}"
+    assert apply_state(page)["unwired"] is False, f"{name}: MagicFace Apply's positive is not used"
     shoot(page, name)
     assert page.console_errors == [], f"{name}: {page.console_errors}"
 
@@ -174,6 +175,22 @@ def test_concept_words_are_marked_as_the_prompt_is_edited(page):
     assert state["missing"] == [] and "not in the prompt" not in word_view(page)
     assert {w["text"]: w["colour"] for w in state["words"] if w["concept"] >= 0}["cap"] == palette[1]
     shoot(page, "concept_word_fixed")
+    assert page.console_errors == [], page.console_errors
+
+
+def test_an_unconnected_positive_output_is_flagged(page):
+    page.console_errors.clear()
+    load(page, THREE_CONCEPTS)
+    assert apply_state(page)["unwired"] is False and "is not connected" not in word_view(page)
+    # The user's own CLIP Text Encode into the sampler instead of Apply's 'positive'.
+    page.evaluate("""() => {
+        const apply = app.graph._nodes.find((n) => n.magicfaceView);
+        apply.disconnectOutput(apply.outputs.findIndex((o) => o.name === "positive"));
+    }""")
+    page.wait_for_timeout(REFRESH_WAIT_MS)
+    assert apply_state(page)["unwired"] is True
+    assert "'positive' is not connected" in word_view(page)
+    shoot(page, "positive_unconnected")
     assert page.console_errors == [], page.console_errors
 
 
