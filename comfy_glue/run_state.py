@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from . import keys
+from .errors import MagicFaceInputError
 from .layers import layer_hw
 from .propagation_queue import PropagationQueue
 from ..magicface_attn import make_reference_kv, mask_to_layer, pack_layout, segment
@@ -141,17 +142,25 @@ class MagicFaceRun:
             self.step_count += 1
             self._step_sigma = sigma
 
-    def check_prompt(self, context, cond_row: int):
-        """Warns once per run when the sampler's positive prompt differs from Apply's at the
-        concept words' tokens (e.g. a separate CLIP Text Encode with another prompt): MagicFace
-        would act on whatever tokens sit there. One host sync per run."""
+    def check_prompt(self, context, row_flags):
+        """Once per run, whether the call's cond rows carry Apply's prompt at the concept words'
+        tokens. Warns where none does (e.g. a separate CLIP Text Encode with another prompt):
+        MagicFace would act on whatever tokens sit there. Stops where only rows of another slot
+        do (DualCFGGuider passes the positive prompt last): MagicFace would act on the negative.
+        A few host syncs per run. row_flags: cond_or_uncond flag of every row of the call."""
         if self.prompt_checked or self.plan.prompt_context is None:
             return
         self.prompt_checked = True
         positions = [t for group in self.plan.concept_tokens for t in group if t < context.shape[1]]
         expected = self.plan.prompt_context[positions].to(context.device, context.dtype)
-        if torch.equal(context[cond_row, positions], expected):
+        matching = {flag for row, flag in enumerate(row_flags) if torch.equal(context[row, positions], expected)}
+        if keys.COND_FLAG in matching:
             return
+        if matching:
+            raise MagicFaceInputError(
+                "MagicFace Apply", "positive", "the sampler passes MagicFace Apply's prompt in another slot than a CFG "
+                "sampler's positive one (as DualCFGGuider does), so MagicFace would act on another prompt.",
+                "sample with KSampler, or SamplerCustom(Advanced) with CFGGuider, BasicGuider or PerpNegGuider.")
         self.calls[("prompt", "not MagicFace Apply's")] += 1
         log.warning("[MagicFace Apply] the sampler's positive prompt differs from MagicFace Apply's prompt at the "
                     "concept words (%s), so MagicFace may act on other words. Fix: connect MagicFace Apply's "

@@ -105,7 +105,7 @@ def test_perp_neg_baseline_pass_stays_plain(tiny, negative, post_cfg_gets_scale,
 def test_perp_neg_guider_gets_semantic_cfg_from_the_backstop(tiny, negative):
     import nodes
     if "PerpNegGuider" not in nodes.NODE_CLASS_MAPPINGS:
-        pytest.skip("this host has no PerpNegGuider node (ComfyUI added it in 2024-05)")
+        pytest.skip("this host has no PerpNegGuider node (added after the 2024 CI host)")
     model, clip, vae = tiny
     patched, positive, patch = apply(model, clip, vae, two_concepts(), PROMPT)
     guider = run_node("PerpNegGuider", model=patched, positive=positive, negative=negative,
@@ -120,3 +120,25 @@ def test_perp_neg_guider_gets_semantic_cfg_from_the_backstop(tiny, negative):
     assert report["calls"][("guidance", "after another cfg function")] == STEPS
     assert not any(kind == "guidance pass" for kind, _ in report["calls"])
     assert torch.isfinite(out).all()
+
+
+def test_dual_cfg_guider_is_refused_clearly(tiny, negative):
+    """DualCFGGuider batches [negative, middle, positive]: the first slot, where every other
+    sampler puts the positive prompt, holds the negative one."""
+    import nodes
+    if "DualCFGGuider" not in nodes.NODE_CLASS_MAPPINGS:
+        pytest.skip("this host has no DualCFGGuider node (added after the 2024 CI host)")
+    model, clip, vae = tiny
+    patched, positive, patch = apply(model, clip, vae, two_concepts(), PROMPT)
+    inputs = dict(model=patched, cond1=positive, cond2=encode(clip, "a photo"), negative=negative, cfg_conds=5.0,
+                  cfg_cond2_negative=2.0)
+    if "style" in nodes.NODE_CLASS_MAPPINGS["DualCFGGuider"].INPUT_TYPES()["required"]:  # newer hosts only
+        inputs["style"] = "regular"
+    guider = run_node("DualCFGGuider", **inputs)[0]
+    sigmas = run_node("BasicScheduler", model=patched, scheduler="normal", steps=STEPS, denoise=1.0)[0]
+    with pytest.raises(ValueError, match=r"\[MagicFace Apply\] input 'positive': the sampler passes MagicFace "
+                                         r"Apply's prompt in another slot"):
+        run_node("SamplerCustomAdvanced", noise=run_node("RandomNoise", noise_seed=0)[0], guider=guider,
+                 sampler=run_node("KSamplerSelect", sampler_name="euler")[0], sigmas=sigmas,
+                 latent_image={"samples": torch.zeros(LATENT)})
+    assert patch.active_run() is None or not patch.active_run().reference_kv
