@@ -17,11 +17,17 @@ from . import keys
 class BatchRows:
     cond: object                           # slice or (n,) long tensor: the target's cond rows
     cond_elements: Optional[torch.Tensor]  # (n,) batch element of each cond row; None: 0..n-1 in order
-    seg: object                            # slice or long tensor: [uncond_0, cond_0, uncond_1, ...] or cond rows
-    seg_has_uncond: bool
+    seg: object                            # slice or long tensor: the rows the segmentation reads, see seg_layout
+    seg_layout: str                        # SEG_PAIRS [uncond_0, cond_0, uncond_1, ...], SEG_COND or SEG_UNCOND rows
     plain_spans: tuple                     # ((start, stop), ...) rows with plain attention (uncond, references)
     refs: Optional[slice]                  # reference rows appended by batch coupling
     total: int                             # rows of the call's batch, reference rows included
+
+
+# What a call's segmentation rows hold. A step's cond and uncond rows come in one call unless
+# the host splits the batch (to fit memory): then one call holds each half, or there is no
+# uncond half at all (cfg 1).
+SEG_PAIRS, SEG_COND, SEG_UNCOND = "uncond and cond", "cond", "uncond"
 
 
 def _selector(indices, device):
@@ -48,12 +54,22 @@ def batch_rows(cond_or_uncond, chunk: int, ref_count: int, device) -> BatchRows:
     uncond = [row for row, flag in enumerate(flags) if flag == keys.UNCOND_FLAG]
     has_uncond = bool(uncond)
     seg = [row for pair in zip(uncond[:chunk], cond[:chunk]) for row in pair] if has_uncond else cond[:chunk]
+    layout = SEG_PAIRS if has_uncond else SEG_COND
     elements = None
     if len(cond) != chunk:
         elements = torch.arange(len(cond), device=device) % chunk
     target = len(flags)
     refs = slice(target, target + ref_count) if ref_count else None
     return BatchRows(cond=_selector(cond, device), cond_elements=elements,
-                     seg=_selector(seg, device), seg_has_uncond=has_uncond,
+                     seg=_selector(seg, device), seg_layout=layout,
                      plain_spans=_spans([flag != keys.COND_FLAG for flag in flags] + [True] * ref_count),
                      refs=refs, total=target + ref_count)
+
+
+def uncond_half_rows(cond_or_uncond, chunk: int, device) -> BatchRows:
+    """The row layout of a call with uncond chunks and no cond one (the host split the step's
+    batch): every row stays plain, the segmentation reads the first uncond chunk."""
+    flags = [flag for flag in cond_or_uncond for _ in range(chunk)]
+    uncond = [row for row, flag in enumerate(flags) if flag == keys.UNCOND_FLAG][:chunk]
+    return BatchRows(cond=slice(0, 0), cond_elements=None, seg=_selector(uncond, device), seg_layout=SEG_UNCOND,
+                     plain_spans=((0, len(flags)),), refs=None, total=len(flags))

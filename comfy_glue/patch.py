@@ -16,7 +16,7 @@ import torch
 
 from . import keys
 from .attention_hooks import CrossAttentionHook, SelfAttentionHook, prepare_rba_regions
-from .batch_rows import batch_rows
+from .batch_rows import batch_rows, uncond_half_rows
 from .concepts import _SharedOnCopy
 from .guidance_hook import SemanticGuidanceBackstop, SemanticGuidanceHook
 from .host import add_outer_sample_wrapper, get_attention_replace, has_outer_sample_wrapper
@@ -135,6 +135,8 @@ class ModelCallHook(_SharedOnCopy):
         stage = self.patch.plan.stage_at(sigma)
         cond_or_uncond = tuple(args["cond_or_uncond"])
         if stage is None or keys.COND_FLAG not in cond_or_uncond:
+            if stage is not None and keys.UNCOND_FLAG in cond_or_uncond:
+                return self._uncond_half(apply_model, args, sigma, cond_or_uncond)
             return self._forward(apply_model, args)
 
         run = self.patch.run_for_call(sigma, x.shape[-2:])
@@ -198,6 +200,30 @@ class ModelCallHook(_SharedOnCopy):
             # mode keeps them for the next steps; the run's end releases them.
             if run.plan.reference_every == 1:
                 run.release_references()
+
+    def _uncond_half(self, apply_model, args, sigma, cond_or_uncond):
+        """A call of a step's uncond rows without its cond rows (the host split the batch to fit
+        memory): plain, but the segmentation reads it, as it reads uncond rows batched with cond."""
+        x, c = args["input"], args["c"]
+        run = self.patch.run_for_call(sigma, x.shape[-2:])
+        if not run.covers(x.shape[-2:]):
+            return self._forward(apply_model, args)
+        chunk = x.shape[0] // len(cond_or_uncond)
+        rows = run.cached(("uncond half rows", cond_or_uncond, chunk, x.device),
+                          lambda: uncond_half_rows(cond_or_uncond, chunk, x.device))
+        call = CallContext(run=run, mode=keys.MODE_TARGET, sigma=sigma, latent_hw=tuple(x.shape[-2:]), rows=rows)
+        options = self._own_hooks_outermost(dict(c.get("transformer_options", {})))
+        options[keys.CALL_CONTEXT_KEY] = call
+        try:
+            out = self._forward(apply_model, {**args, "c": {**c, "transformer_options": options}})
+            run.finish_segmentation(call)
+            run.calls[("segmentation", "uncond half")] += 1
+            return out
+        except BaseException:
+            self.patch.end_run(continuable=False)
+            raise
+        finally:
+            call.release()
 
     def _own_hooks_outermost(self, options):
         """transformer_options for one call in which every layer MagicFace patched runs its hook

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from . import keys
+from .batch_rows import SEG_COND, SEG_PAIRS, SEG_UNCOND
 from .errors import MagicFaceInputError
 from .layers import layer_hw
 from .propagation_queue import PropagationQueue
@@ -32,6 +33,19 @@ def same_sigma(a: float, b: float) -> bool:
 def continues_schedule(last_sigma: float, sigma: float) -> bool:
     """Whether a call at sigma can follow one at last_sigma in one schedule (sigmas never rise)."""
     return sigma <= last_sigma * (1 + SIGMA_RTOL)
+
+
+def _join_halves(uncond, cond):
+    """[(maps, hw)] of a split step's uncond and cond calls -> the layout of one call with both,
+    rows [uncond_0, cond_0, uncond_1, ...]; None when the halves do not match layer by layer."""
+    if len(uncond) != len(cond):
+        return None
+    joined = []
+    for (u, u_hw), (c, c_hw) in zip(uncond, cond):
+        if u_hw != c_hw or u.shape != c.shape:
+            return None
+        joined.append((torch.stack([u, c], dim=1).flatten(0, 1), u_hw))
+    return joined
 
 
 @dataclass
@@ -110,6 +124,7 @@ class MagicFaceRun:
         self.positive_context = None     # (T, C) text context of the last own call's first cond row
         self.cfg_hook_ran = False        # set by the cfg hook, read and reset by the post-CFG backstop
         self.prompt_checked = False
+        self._split_half = None          # (sigma, SEG_COND | SEG_UNCOND, maps) of a split step's first half
 
     def is_continued_by(self, sigma: float) -> bool:
         """Whether a model call at this sigma belongs to this run (sigmas never rise within one)."""
@@ -205,8 +220,24 @@ class MagicFaceRun:
         propagated = call.propagation.maps()
         if not propagated:
             return
-        elements = propagated[0][0].shape[0] // (2 if call.rows.seg_has_uncond else 1)
-        out_hw = layer_hw(call.latent_hw, 2)
+        layout = call.rows.seg_layout
+        if layout != SEG_PAIRS:  # half of a step the host split: join it with the other half
+            # A copy of the list: the call's queue clears its own when the call ends.
+            other, self._split_half = self._split_half, (call.sigma, layout, list(propagated))
+            joined = None
+            if other is not None and same_sigma(other[0], call.sigma) and other[1] != layout:
+                halves = {layout: propagated, other[1]: other[2]}
+                joined = _join_halves(halves[SEG_UNCOND], halves[SEG_COND])
+            if joined is not None:
+                propagated, layout, self._split_half = joined, SEG_PAIRS, None
+            elif layout == SEG_UNCOND:
+                return  # the cond half makes the segmentation
+        self._segment(propagated, layout == SEG_PAIRS, call.sigma, call.latent_hw)
+
+    def _segment(self, propagated, with_uncond: bool, sigma: float, latent_hw):
+        """This noise level's segmentation from the propagated maps of its segmentation rows."""
+        elements = propagated[0][0].shape[0] // (2 if with_uncond else 1)
+        out_hw = layer_hw(latent_hw, 2)
         tokens = [list(t) for t in self.plan.concept_tokens]
         per_element = []
         for element in range(elements):
@@ -215,10 +246,11 @@ class MagicFaceRun:
                 rows = maps.reshape(elements, -1, *maps.shape[1:])[element]
                 layer_maps.append((rows, hw))
             per_element.append(segment(layer_maps, out_hw, tokens, self.plan.ca_scale))
-        self.segmentations = [(s, seg) for s, seg in self.segmentations if not same_sigma(s, call.sigma)]
-        self.segmentations.append((call.sigma, per_element))
+        self.segmentations = [(s, seg) for s, seg in self.segmentations if not same_sigma(s, sigma)]
+        self.segmentations.append((sigma, per_element))
         # Kept on the device: moving them to the CPU here would synchronise every step.
-        self.label_history.append((call.sigma, torch.stack([seg.labels for seg in per_element])))
+        self.label_history = [(s, labels) for s, labels in self.label_history if not same_sigma(s, sigma)]
+        self.label_history.append((sigma, torch.stack([seg.labels for seg in per_element])))
         # Only the current and the previous step are ever read back.
         del self.segmentations[:-KEPT_SEGMENTATIONS]
         self.calls[("segmentation", "step")] += 1
@@ -296,6 +328,7 @@ class MagicFaceRun:
 
     def release(self):
         self.release_references()
+        self._split_half = None
         self.attention_record = None
         self.segmentations.clear()
         self.label_history.clear()
