@@ -121,3 +121,13 @@ def test_a_clip_of_another_family_is_a_clear_error(tiny, tiny_sdxl_model):
     with pytest.raises(ValueError, match=r"\[MagicFace Apply\] input 'clip': its text features are 768 wide, "
                                          r"but this model's cross-attention takes 2048"):
         apply(tiny_sdxl_model, clip, vae, concepts_from([(image, mask, "man", 3.0)]), "a photo of a man")
+
+
+def test_a_model_without_unet_attention_is_a_clear_error(tiny, monkeypatch):
+    """Flux, SD3 and other transformer models have no UNet attention blocks to patch."""
+    model, clip, vae = tiny
+    monkeypatch.setattr(model.model, "diffusion_model", torch.nn.Linear(4, 4))
+    image, mask = synthetic_concept(0)
+    with pytest.raises(ValueError, match=r"\[MagicFace Apply\] input 'model': Linear is not a UNet with attention "
+                                         r"blocks .*Flux, SD3 and other transformer models are not supported yet"):
+        apply(model, clip, vae, concepts_from([(image, mask, "man", 3.0)]), "a photo of a man")
