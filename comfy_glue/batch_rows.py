@@ -47,9 +47,14 @@ def _spans(is_plain):
     return tuple(spans)
 
 
+def row_flags(cond_or_uncond, chunk: int) -> list:
+    """The cond_or_uncond flag of every row of a call (each flag stands for a chunk of rows)."""
+    return [flag for flag in cond_or_uncond for _ in range(chunk)]
+
+
 def batch_rows(cond_or_uncond, chunk: int, ref_count: int, device) -> BatchRows:
     """The row layout of a call whose cond_or_uncond holds at least one cond chunk."""
-    flags = [flag for flag in cond_or_uncond for _ in range(chunk)]
+    flags = row_flags(cond_or_uncond, chunk)
     cond = [row for row, flag in enumerate(flags) if flag == keys.COND_FLAG]
     uncond = [row for row, flag in enumerate(flags) if flag == keys.UNCOND_FLAG]
     has_uncond = bool(uncond)
@@ -69,7 +74,7 @@ def batch_rows(cond_or_uncond, chunk: int, ref_count: int, device) -> BatchRows:
 def uncond_half_rows(cond_or_uncond, chunk: int, device) -> BatchRows:
     """The row layout of a call with uncond chunks and no cond one (the host split the step's
     batch): every row stays plain, the segmentation reads the first uncond chunk."""
-    flags = [flag for flag in cond_or_uncond for _ in range(chunk)]
+    flags = row_flags(cond_or_uncond, chunk)
     uncond = [row for row, flag in enumerate(flags) if flag == keys.UNCOND_FLAG][:chunk]
     return BatchRows(cond=slice(0, 0), cond_elements=None, seg=_selector(uncond, device), seg_layout=SEG_UNCOND,
                      plain_spans=((0, len(flags)),), refs=None, total=len(flags))

@@ -155,7 +155,7 @@ class ModelCallHook(_SharedOnCopy):
         call = None
         try:
             if not extra_pass:
-                run.check_prompt(c["c_crossattn"], [flag for flag in cond_or_uncond for _ in range(chunk)])
+                run.check_prompt(c["c_crossattn"], cond_or_uncond, chunk)
             refs = run.cached(("reference inputs", x.device, c["c_crossattn"].dtype, "y" in c),
                               lambda: ReferenceInputs(run.plan, apply_model.__self__, c, x.device))
             box = can_couple(x, c, refs, has_foreign_wrapper=self.previous is not None) if fresh else None

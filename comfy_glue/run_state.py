@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from . import keys
-from .batch_rows import SEG_COND, SEG_PAIRS, SEG_UNCOND
+from .batch_rows import SEG_COND, SEG_PAIRS, SEG_UNCOND, row_flags
 from .errors import MagicFaceInputError
 from .layers import layer_hw
 from .propagation_queue import PropagationQueue
@@ -157,18 +157,19 @@ class MagicFaceRun:
             self.step_count += 1
             self._step_sigma = sigma
 
-    def check_prompt(self, context, row_flags):
+    def check_prompt(self, context, cond_or_uncond, chunk: int):
         """Once per run, whether the call's cond rows carry Apply's prompt at the concept words'
         tokens. Warns where none does (e.g. a separate CLIP Text Encode with another prompt):
         MagicFace would act on whatever tokens sit there. Stops where only rows of another slot
         do (DualCFGGuider passes the positive prompt last): MagicFace would act on the negative.
-        A few host syncs per run. row_flags: cond_or_uncond flag of every row of the call."""
+        A few host syncs per run."""
         if self.prompt_checked or self.plan.prompt_context is None:
             return
         self.prompt_checked = True
         positions = [t for group in self.plan.concept_tokens for t in group if t < context.shape[1]]
         expected = self.plan.prompt_context[positions].to(context.device, context.dtype)
-        matching = {flag for row, flag in enumerate(row_flags) if torch.equal(context[row, positions], expected)}
+        matching = {flag for row, flag in enumerate(row_flags(cond_or_uncond, chunk))
+                    if torch.equal(context[row, positions], expected)}
         if keys.COND_FLAG in matching:
             return
         if matching:

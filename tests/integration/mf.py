@@ -95,9 +95,11 @@ def encode(clip, text):
 
 def sample(model, positive, negative, latent, steps=3, cfg=5.0, sampler="euler", scheduler="normal", seed=0,
            denoise=1.0):
+    """KSampler's output samples; latent: a latent tensor, or a LATENT dict (e.g. with a noise_mask)."""
     import nodes
+    latent = latent if isinstance(latent, dict) else {"samples": latent}
     return nodes.common_ksampler(model, seed, steps, cfg, sampler, scheduler, positive, negative,
-                                 {"samples": latent}, denoise=denoise)[0]["samples"]
+                                 latent, denoise=denoise)[0]["samples"]
 
 
 def apply(model, clip, vae, concepts, prompt, sched=None, reference_size=128, seed=0):
@@ -155,7 +157,12 @@ def separate_pass_only():
         patch_module.can_couple = saved
 
 
+def relative_difference(a, b) -> float:
+    """|a - b| / |b| (L2 norms over all elements)."""
+    return ((a - b).norm() / b.norm()).item()
+
+
 def assert_close(a, b):
     """Equal up to the float rounding of a different batch size."""
-    relative = ((a - b).norm() / b.norm()).item()
+    relative = relative_difference(a, b)
     assert relative < 1e-4, relative

@@ -10,7 +10,8 @@ import logging
 import pytest
 import torch
 
-from .mf import apply, apply_with_other, assert_stage_counts, encode, run_node, sample, schedule, two_concepts
+from .mf import (apply, apply_with_other, assert_stage_counts, encode, relative_difference, run_node, sample,
+                 schedule, two_concepts)
 
 STEPS = 3
 LATENT = (1, 4, 32, 24)
@@ -20,10 +21,6 @@ PROMPT = "a photo of a man"
 def _guided(report):
     calls = report["calls"]
     return calls.get(("guidance", "step"), 0) + calls.get(("guidance", "after another cfg function"), 0)
-
-
-def _relative(a, b):
-    return ((a - b).norm() / b.norm()).item()
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +51,14 @@ def test_a_cfg_function_set_after_magicface_keeps_semantic_cfg(tiny, negative, p
     calls = patch.report()["calls"]
     off = apply(model, clip, vae, two_concepts(), PROMPT, sched=schedule(semantic_cfg=False))
     plain_cfg = sample(off[0], off[1], negative, torch.zeros(LATENT), steps=STEPS)
-    assert _relative(alone, plain_cfg) > 1e-2  # semantic CFG has an effect to keep
+    assert relative_difference(alone, plain_cfg) > 1e-2  # semantic CFG has an effect to keep
     if post_cfg_gets_scale:
         assert calls[("guidance", "after another cfg function")] == STEPS
-        assert _relative(replaced, alone) < 1e-5
+        assert relative_difference(replaced, alone) < 1e-5
     else:
         assert calls[("guidance", "replaced")] == STEPS and ("guidance", "step") not in calls
         assert "replaced the CFG function" in caplog.text
-        assert _relative(replaced, plain_cfg) < 1e-5
+        assert relative_difference(replaced, plain_cfg) < 1e-5
     assert not torch.equal(replaced, sample(model, positive, negative, torch.zeros(LATENT), steps=STEPS))
 
 
@@ -72,7 +69,7 @@ def test_a_cfg_function_set_before_magicface_is_wrapped(tiny, negative):
     assert patch.report()["calls"][("guidance", "step")] == STEPS
     alone = apply(model, clip, vae, two_concepts(), PROMPT)
     expected = sample(alone[0], alone[1], negative, torch.zeros(LATENT), steps=STEPS)
-    assert _relative(wrapped, expected) < 1e-5
+    assert relative_difference(wrapped, expected) < 1e-5
 
 
 @pytest.mark.parametrize("other_first", [True, False])

@@ -17,7 +17,7 @@ PROMPT = "a photo of a man"
 def test_a_split_step_segments_as_a_batched_one(tiny, negative, monkeypatch):
     model, clip, vae = tiny
     patched, positive, patch = apply(model, clip, vae, two_concepts(), PROMPT)
-    batched = sample(patched, positive, negative, torch.zeros(LATENT), steps=STEPS)
+    sample(patched, positive, negative, torch.zeros(LATENT), steps=STEPS)
     batched_report = patch.report()
     assert ("segmentation", "uncond half") not in batched_report["calls"]
 
