@@ -32,7 +32,9 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))  # the test harness bootstraps the 
 sys.path.insert(0, str(BENCH_DIR))  # its sibling modules, also under python -P
 
 from pipeline_models import SPECS, build_model_patcher, conditioning, glue, make_plan, patched_model  # noqa: E402
-from pipeline_probe import PARTS, PartTimer, device_busy_seconds, instrumented, peak_memory_mib, timed  # noqa: E402
+from pipeline_probe import (  # noqa: E402
+    PARTS, PartTimer, count_kernel_ops, device_busy_seconds, instrumented, peak_memory_mib, timed,
+)
 
 SAMPLER, SCHEDULER, SEED = "euler", "normal", 7
 
@@ -118,6 +120,7 @@ class Variant:
         self.separate, self.reference_every = separate, reference_every
         self.times, self.result, self.peak_mib, self.parts, self.report = [], None, float("nan"), None, None
         self.syncs = None
+        self.kernel_ops = None
         self.busy_s = None
 
     @property
@@ -194,9 +197,10 @@ def bench_model(name, args, device, dtype):
             with instrumented(timer):
                 timer.total, _ = _run_variant(variant, positive, negative, latent, args, device)
             variant.parts = timer
-    if device.type == "cuda":
-        for index, variant in enumerate(variants):
-            run = lambda: _run_variant(variant, positive, negative, latent, args, device)  # noqa: E731
+    for index, variant in enumerate(variants):
+        run = lambda: _run_variant(variant, positive, negative, latent, args, device)  # noqa: E731
+        variant.kernel_ops = count_kernel_ops(run) / args.steps
+        if device.type == "cuda":
             variant.syncs = count_host_syncs(run)
             if args.gpu_busy:
                 table = None  # operator tables of plain and of the largest coupled R only
@@ -275,9 +279,9 @@ def render(results, args, device, dtype):
         plain = variants[0]
         plain_s = statistics.median(plain.times)
         lines += [f"### {spec.name}, {spec.image_size} image (latent {spec.latent_hw[0]}x{spec.latent_hw[1]})", "",
-                  "| variant | median s | ratio vs plain | extra peak MiB | max abs diff vs exact | host syncs |"
-                  + (" GPU busy |" if args.gpu_busy else ""),
-                  "|---|---|---|---|---|---|" + ("---|" if args.gpu_busy else "")]
+                  "| variant | median s | ratio vs plain | extra peak MiB | max abs diff vs exact | host syncs "
+                  "| kernel ops per step |" + (" GPU busy |" if args.gpu_busy else ""),
+                  "|---|---|---|---|---|---|---|" + ("---|" if args.gpu_busy else "")]
         coupled = {v.concepts: v for v in variants[1:] if v.exact}
         for variant in variants:
             ratio = 1.0 if variant is plain else _median_ratio(variant, plain)
@@ -292,7 +296,7 @@ def render(results, args, device, dtype):
             if args.gpu_busy:
                 busy = " |" if variant.busy_s is None else f" {100 * variant.busy_s / statistics.median(variant.times):.0f} % |"
             lines.append(f"| {variant.label} | {statistics.median(variant.times):.3f} | {ratio:.3f}x "
-                         f"| {extra:.0f} | {diff} | {syncs} |{busy}")
+                         f"| {extra:.0f} | {diff} | {syncs} | {variant.kernel_ops:.0f} |{busy}")
         coupled_list = list(coupled.values())
         if len(coupled_list) >= 2:
             xs = [v.concepts for v in coupled_list]

@@ -14,16 +14,7 @@ from .errors import MagicFaceInputError
 from .host import host_attention
 from .layers import token_grid
 from .run_state import AttentionRecord
-from ..magicface_attn import concept_owner, concept_pixel_groups, rba_attention, rsa_attention
-
-
-def _grid_nearest(mask, hw):
-    """(E, R, Hs, Ws) bool -> (E, R, h*w) bool with the floor(i*Hs/h) nearest rule."""
-    h, w = hw
-    hs, ws = mask.shape[-2:]
-    rows = torch.div(torch.arange(h, device=mask.device) * hs, h, rounding_mode="floor")
-    cols = torch.div(torch.arange(w, device=mask.device) * ws, w, rounding_mode="floor")
-    return mask[..., rows[:, None], cols[None, :]].reshape(*mask.shape[:-2], h * w)
+from ..magicface_attn import concept_owner, pixel_groups_of_grids, rba_attention, resize_nearest, rsa_attention
 
 
 _FOREIGN_TOKENS_FIX = ("remove HyperTile or Token Merging (ToMe) from the model that MagicFace patches: MagicFace "
@@ -55,17 +46,19 @@ def pixel_grid(call, layer, q, k):
 
 def prepare_rba_regions(call, grids):
     """Concept regions and their pixel groups at each injection grid, before the UNet runs: the
-    groups' sizes are read on the host (one sync per grid) while the device has little queued.
+    groups' sizes are read on the host (one sync for all grids) while the device has little queued.
 
     call.regions: (batch elements, R, Hs, Ws) bool. Fills call.layer_regions[(h, w)] with
     (cond rows, R, h*w) bool and call.layer_groups[(h, w)] with concept_pixel_groups of it.
     """
+    grids = list(grids)
     for hw in grids:
-        regions = _grid_nearest(call.regions, hw)
+        regions = resize_nearest(call.regions, *hw, call.run.device_constants).flatten(-2)
         if call.rows.cond_elements is not None:
             regions = regions[call.rows.cond_elements]
         call.layer_regions[hw] = regions
-        call.layer_groups[hw] = concept_pixel_groups(regions)
+    groups = pixel_groups_of_grids([call.layer_regions[hw] for hw in grids])
+    call.layer_groups.update(zip(grids, groups))
 
 
 def _inner(extra):
@@ -134,17 +127,25 @@ class SelfAttentionHook(_SharedOnCopy):
             call.run.attention_record = AttentionRecord(
                 layer=self.layer, stage=call.stage, query=q[rows][0], own_keys=k[rows][0], refs=refs,
                 heads=heads, hw=hw, ref_grid=ref_grid, ref_window=ref_window, owner=owner)
-        out = self._rest_plain(q, k, v, extra, call.rows.plain_spans, heads)
-        out[rows] = injected.to(out.dtype)
         call.run.calls[(call.stage, self.layer.name)] += 1
-        return out
+        return self._with_plain_rows(q, k, v, extra, call.rows, injected, heads)
 
-    def _rest_plain(self, q, k, v, extra, spans, heads):
+    def _with_plain_rows(self, q, k, v, extra, rows, injected, heads):
+        """The whole batch's output: `injected` in the cond rows, plain attention elsewhere."""
         if self.previous is not None:  # another node's patch sees the whole batch, as it expects
-            return self.previous(q, k, v, _inner(extra))
+            out = self.previous(q, k, v, _inner(extra))
+            out[rows.cond] = injected.to(out.dtype)
+            return out
+        pieces = [(start, host_attention(q[start:stop], k[start:stop], v[start:stop], heads, extra).to(q.dtype))
+                  for start, stop in rows.plain_spans]
+        if isinstance(rows.cond, slice):  # contiguous cond rows: the pieces tile the batch, one cat
+            pieces.append((rows.cond.start, injected.to(q.dtype)))
+            pieces.sort(key=lambda piece: piece[0])
+            return torch.cat([piece for _, piece in pieces]) if len(pieces) > 1 else pieces[0][1]
         out = torch.empty_like(q)
-        for start, stop in spans:
-            out[start:stop] = host_attention(q[start:stop], k[start:stop], v[start:stop], heads, extra)
+        for (start, _), (_, piece) in zip(rows.plain_spans, pieces):
+            out[start:start + piece.shape[0]] = piece
+        out[rows.cond] = injected.to(out.dtype)
         return out
 
 

@@ -33,10 +33,10 @@ def _step_segmentation(run, sigma, rows: int, scale: float):
     return segmentation if segmentation is not None and len(segmentation) == rows else None
 
 
-def _rate(segmentation, uncond, cond, scale: float):
+def _rate(run, segmentation, uncond, cond, scale: float):
     token_regions = torch.stack([s.token_regions for s in segmentation]).to(cond.device)
     fore = torch.stack([s.fore for s in segmentation]).to(cond.device)
-    return semantic_cfg_rate(uncond, cond, token_regions, fore, scale).to(cond.dtype)
+    return semantic_cfg_rate(uncond, cond, token_regions, fore, scale, run.device_constants).to(cond.dtype)
 
 
 class SemanticGuidanceHook(_SharedOnCopy):
@@ -57,7 +57,7 @@ class SemanticGuidanceHook(_SharedOnCopy):
         segmentation = _step_segmentation(run, args["sigma"], cond.shape[0], scale)
         if segmentation is None:
             return self._fallback(args)
-        rate = _rate(segmentation, uncond, cond, scale)
+        rate = _rate(run, segmentation, uncond, cond, scale)
         run.calls[("guidance", "step")] += 1
         if self.previous is not None:
             return self.previous({**args, "cond": uncond + rate * (cond - uncond)})
@@ -90,6 +90,6 @@ class SemanticGuidanceBackstop(_SharedOnCopy):
         segmentation = _step_segmentation(run, args["sigma"], cond.shape[0], scale)
         if segmentation is None:
             return denoised
-        rate = _rate(segmentation, uncond, cond, scale)
+        rate = _rate(run, segmentation, uncond, cond, scale)
         run.calls[("guidance", "after another cfg function")] += 1
         return denoised + (cond - uncond) * ((rate - 1) * scale)

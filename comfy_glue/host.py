@@ -23,19 +23,21 @@ def host_attention(q, k, v, heads, extra_options):
     """
     attention = comfy_attention.optimized_attention
     kwargs = {}
-    params = _parameters(attention)
-    if "attn_precision" in params:
+    names = _named_parameters(attention)
+    if "attn_precision" in names:
         kwargs["attn_precision"] = extra_options.get("attn_precision")
-    if "transformer_options" in params:
+    if "transformer_options" in names:
         kwargs["transformer_options"] = extra_options
     return attention(q, k, v, heads, **kwargs)
 
 
-def _parameters(fn):
-    try:
-        return inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return {}
+def _named_parameters(fn) -> tuple:
+    """Parameter names that fn (or the function it wraps) declares. Read from the code object:
+    this runs in every patched layer, where inspect.signature cost about 0.1 ms a call."""
+    code = getattr(inspect.unwrap(fn), "__code__", None)
+    if code is None:
+        return ()
+    return code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
 
 
 def has_outer_sample_wrapper(model_patcher) -> bool:

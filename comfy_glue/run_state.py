@@ -150,6 +150,11 @@ class MagicFaceRun:
             self._cache[key] = build()
         return self._cache[key]
 
+    @property
+    def device_constants(self) -> dict:
+        """The same per-run cache, for the core's shape-only tensors (magicface_attn.device_constants)."""
+        return self._cache
+
     # --- reference features -------------------------------------------------------------
     def begin_step(self, sigma: float):
         """Counts noise levels, not calls: samplers may call the model several times at one sigma."""
@@ -246,7 +251,7 @@ class MagicFaceRun:
             for maps, hw in propagated:
                 rows = maps.reshape(elements, -1, *maps.shape[1:])[element]
                 layer_maps.append((rows, hw))
-            per_element.append(segment(layer_maps, out_hw, tokens, self.plan.ca_scale))
+            per_element.append(segment(layer_maps, out_hw, tokens, self.plan.ca_scale, constants=self._cache))
         self.segmentations = [(s, seg) for s, seg in self.segmentations if not same_sigma(s, sigma)]
         self.segmentations.append((sigma, per_element))
         # Kept on the device: moving them to the CPU here would synchronise every step.

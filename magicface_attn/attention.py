@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .heads_layout import compute_dtype, merge_heads, padded_width, split_heads
-from .reference_kv import ReferenceKV
+from .reference_kv import FoldedBlock, ReferenceKV
 
 IMPLS = ("auto", "fast", "plain")
 
@@ -43,35 +43,14 @@ def plain_attention(q, k, v, heads: int) -> torch.Tensor:
     return merge_heads(out).to(q.dtype)
 
 
-def fold_bias_columns(bias: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
-    """(K,) float32 logit bias -> (K, 2) [hi, lo] key columns in dtype with hi + lo = bias/scale
-    to about twice the dtype's precision (one bf16 column alone is off by up to 2^-8 relative:
-    a logit error of ~0.01 at w = 2.5, d = 64)."""
-    folded = bias.to(torch.float32) / scale
-    high = folded.to(dtype)
-    return torch.stack([high, (folded - high.float()).to(dtype)], dim=1)
-
-
-def _extend_queries(q_h, width: int) -> torch.Tensor:
-    """(B, H, Nq, d) -> (B, H, Nq, width) queries [q, 1, 1, 0...]."""
-    return F.pad(F.pad(q_h, (0, 2), value=1.0), (0, width - q_h.shape[-1] - 2))
+def _extend_queries(q_h, tail) -> torch.Tensor:
+    """(B, H, Nq, d) -> (B, H, Nq, d + len(tail)) queries [q, tail] (FoldedBlock.query_tail)."""
+    return torch.cat([q_h, tail.expand(*q_h.shape[:-1], -1)], dim=-1)
 
 
 def _pad_heads(x: torch.Tensor, width: int) -> torch.Tensor:
     """(..., d) -> (..., width) with zero columns: own keys (bias 0) and all values."""
     return F.pad(x, (0, width - x.shape[-1]))
-
-
-def _extend_reference(ref_k, ref_v, ref_bias, scale: float, width: int, like: torch.Tensor):
-    """Reference block of the folded keys/values.
-
-    ref_k, ref_v: (H, K, d); ref_bias: (K,) fp32. Returns (H, K, width) keys [k, hi, lo, 0...]
-    and values [v, 0...] in like's dtype and device.
-    """
-    heads = ref_k.shape[0]
-    columns = fold_bias_columns(ref_bias.to(like.device), scale, like.dtype)
-    keys = torch.cat([ref_k.to(device=like.device, dtype=like.dtype), columns.expand(heads, -1, -1)], dim=-1)
-    return _pad_heads(keys, width), _pad_heads(ref_v.to(device=like.device, dtype=like.dtype), width)
 
 
 def _joint_attention(q_ext, own_k, own_v, ref_keys, ref_values, scale: float, dim: int):
@@ -86,18 +65,15 @@ def _joint_attention(q_ext, own_k, own_v, ref_keys, ref_values, scale: float, di
     return F.scaled_dot_product_attention(q_ext, keys, values, scale=scale)[..., :dim]
 
 
-def _fold_bias_attention(q_h, k_h, v_h, ref_k, ref_v, ref_bias, scale: float):
-    """Joint softmax over own keys (bias 0) and packed reference keys (bias ref_bias).
+def _fold_bias_attention(q_h, k_h, v_h, block, scale: float):
+    """Joint softmax over own keys (bias 0) and a FoldedBlock of references (ReferenceKV.folded).
 
-    q_h: (B, H, Nq, d); k_h, v_h: (B, H, Nk, d); ref_k, ref_v: (H, K, d); ref_bias: (K,) fp32.
-    Returns (B, H, Nq, d) in q_h's dtype.
+    q_h: (B, H, Nq, d); k_h, v_h: (B, H, Nk, d). Returns (B, H, Nq, d) in q_h's dtype.
     """
-    dim = q_h.shape[-1]
-    width = padded_width(dim + 2)
-    ref_keys, ref_values = _extend_reference(ref_k, ref_v, ref_bias, scale, width, q_h)
+    width = block.keys.shape[-1]
     return _joint_attention(
-        _extend_queries(q_h, width), _pad_heads(k_h, width), _pad_heads(v_h, width),
-        ref_keys, ref_values, scale, dim,
+        _extend_queries(q_h, block.query_tail), _pad_heads(k_h, width), _pad_heads(v_h, width),
+        block.keys, block.values, scale, q_h.shape[-1],
     )
 
 
@@ -149,9 +125,7 @@ def rsa_attention(q, k, v, refs: ReferenceKV, heads: int, impl: str = "auto") ->
     q_h, k_h, v_h = (split_heads(t, heads, dtype) for t in (q, k, v))
     scale = refs.head_dim ** -0.5
     if fast:
-        out = _fold_bias_attention(
-            q_h, k_h, v_h, refs.packed_keys, refs.packed_values, refs.packed_bias, scale
-        )
+        out = _fold_bias_attention(q_h, k_h, v_h, refs.folded(padded_width(refs.head_dim + 2), q_h), scale)
     else:
         ref_k, ref_v, bias = _dense_reference_block(refs, range(refs.num_refs))
         out = _materialised_attention(q_h, k_h, v_h, ref_k, ref_v, bias, scale)
@@ -169,13 +143,12 @@ def concept_owner(regions: torch.Tensor) -> torch.Tensor:
 
 class _BlendInputs(NamedTuple):
     """What both fast RBA forms start from: per-head q/k/v (B, H, N, d), plain attention for
-    every pixel (B, H, N, d), and the reference block folded to `width` (H, K, width)."""
+    every pixel (B, H, N, d), and the references' FoldedBlock of width `width`."""
     q_h: torch.Tensor
     k_h: torch.Tensor
     v_h: torch.Tensor
     plain: torch.Tensor
-    ref_keys: torch.Tensor
-    ref_values: torch.Tensor
+    block: FoldedBlock
     width: int
     scale: float
 
@@ -187,10 +160,7 @@ def _blend_inputs(q, k, v, refs: ReferenceKV, heads: int) -> _BlendInputs:
     plain = F.scaled_dot_product_attention(q_h, k_h, v_h)
     width = padded_width(q_h.shape[-1] + 2)
     scale = refs.head_dim ** -0.5
-    ref_keys, ref_values = _extend_reference(
-        refs.packed_keys, refs.packed_values, refs.packed_bias, scale, width, q_h
-    )
-    return _BlendInputs(q_h, k_h, v_h, plain, ref_keys, ref_values, width, scale)
+    return _BlendInputs(q_h, k_h, v_h, plain, refs.folded(width, q_h), width, scale)
 
 
 def _rba_fast(q, k, v, refs: ReferenceKV, owner, heads: int) -> torch.Tensor:
@@ -206,11 +176,12 @@ def _rba_fast(q, k, v, refs: ReferenceKV, owner, heads: int) -> torch.Tensor:
         return plain_attention(q, k, v, heads)
     parts = _blend_inputs(q, k, v, refs, heads)
     out, dim, width = parts.plain, parts.q_h.shape[-1], parts.width
-    q_ext, own_k, own_v = _extend_queries(parts.q_h, width), _pad_heads(parts.k_h, width), _pad_heads(parts.v_h, width)
+    q_ext = _extend_queries(parts.q_h, parts.block.query_tail)
+    own_k, own_v = _pad_heads(parts.k_h, width), _pad_heads(parts.v_h, width)
     owner_h = owner[:, None, :, None]  # (B, 1, N, 1): broadcast over heads and channels
     for index in blended:
         span = refs.kept_slice(index)
-        blend = _joint_attention(q_ext, own_k, own_v, parts.ref_keys[:, span], parts.ref_values[:, span],
+        blend = _joint_attention(q_ext, own_k, own_v, parts.block.keys[:, span], parts.block.values[:, span],
                                  parts.scale, dim)
         out = torch.where(owner_h == index, blend, out)
     return merge_heads(out).to(q.dtype)
@@ -221,19 +192,33 @@ def concept_pixel_groups(regions: torch.Tensor) -> tuple:
 
     regions: (B, R, N) bool. Returns, per row, a tuple of R (count_i,) long pixel indices in
     ascending order, owner rule of concept_owner. Reads the group sizes on the host: ONE host
-    synchronisation for all rows and concepts, so call it once per model call and layer grid.
+    synchronisation for all rows and concepts, so call it once per model call and layer grid
+    (or pixel_groups_of_grids once for all grids).
     """
-    owner = concept_owner(regions)
-    concepts = regions.shape[1]
-    # A stable sort by owner lists the -1 pixels first, then concept 0's, 1's, ... each in pixel order.
-    order = torch.argsort(owner, dim=1, stable=True)
-    values = torch.arange(-1, concepts, device=owner.device)
-    counts = (owner[:, None, :] == values[None, :, None]).sum(dim=2).tolist()
-    groups = []
-    for row, row_counts in enumerate(counts):
-        bounds = list(itertools.accumulate(row_counts))  # bounds[i]: where concept i's pixels start
-        groups.append(tuple(order[row, bounds[i]: bounds[i + 1]] for i in range(concepts)))
-    return tuple(groups)
+    return pixel_groups_of_grids([regions])[0]
+
+
+def pixel_groups_of_grids(regions_per_grid) -> list:
+    """concept_pixel_groups of the regions of several layer grids, with one host sync for all."""
+    sorted_owners = []
+    for regions in regions_per_grid:
+        owner = concept_owner(regions)
+        # A stable sort by owner lists the -1 pixels first, then concept 0's, 1's, ... each in pixel order.
+        order = torch.argsort(owner, dim=1, stable=True)
+        values = torch.arange(-1, regions.shape[1], device=owner.device)
+        sorted_owners.append((order, (owner[:, None, :] == values[None, :, None]).sum(dim=2)))
+    counts = torch.cat([grid_counts.reshape(-1) for _, grid_counts in sorted_owners]).tolist()
+    result, position = [], 0
+    for order, grid_counts in sorted_owners:
+        rows, slots = grid_counts.shape
+        groups = []
+        for row in range(rows):
+            row_counts = counts[position: position + slots]
+            position += slots
+            bounds = list(itertools.accumulate(row_counts))  # bounds[i]: where concept i's pixels start
+            groups.append(tuple(order[row, bounds[i]: bounds[i + 1]] for i in range(slots - 1)))
+        result.append(tuple(groups))
+    return result
 
 
 def _rba_gathered(q, k, v, refs: ReferenceKV, groups, heads: int) -> torch.Tensor:
@@ -252,9 +237,9 @@ def _rba_gathered(q, k, v, refs: ReferenceKV, groups, heads: int) -> torch.Tenso
             if pixels.numel() == 0 or refs.num_kept(index) == 0:
                 continue
             span = refs.kept_slice(index)
-            q_ext = _extend_queries(parts.q_h[row : row + 1, :, pixels], width)
+            q_ext = _extend_queries(parts.q_h[row : row + 1, :, pixels], parts.block.query_tail)
             out[row : row + 1, :, pixels] = _joint_attention(
-                q_ext, own_k, own_v, parts.ref_keys[:, span], parts.ref_values[:, span], parts.scale, dim
+                q_ext, own_k, own_v, parts.block.keys[:, span], parts.block.values[:, span], parts.scale, dim
             )
     return merge_heads(out).to(q.dtype)
 

@@ -16,17 +16,20 @@ def _region_mean(norm: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
     return (norm * regions).sum(dim=(2, 3)) / (regions.sum(dim=(2, 3)) + RATE_EPS)
 
 
-def semantic_cfg_rate(uncond, cond, token_regions, fore, cfg: float) -> torch.Tensor:
+def semantic_cfg_rate(uncond, cond, token_regions, fore, cfg: float, constants=None) -> torch.Tensor:
     """Per-pixel guidance multiplier.
 
     uncond, cond: (B, C, H', W') eps predictions of the target rows; token_regions: (B, T, H, W)
     bool (Segmentation.token_regions, stacked); fore: (B, H, W) bool. Regions are resized to the
     latent grid by nearest (the reference's 2x upsample). Returns (B, 1, H', W') in uncond's
     dtype; computed in float32. References' rows are not included: their rate is 1.
+    constants: see device_constants (a per-run cache of the blur kernel and resize indices).
     """
     height, width = uncond.shape[-2:]
-    regions = resize_nearest(token_regions.to(torch.float32), height, width)
-    foreground = resize_nearest(fore.to(torch.float32)[:, None], height, width)
+    # Regions and foreground resized in one gather.
+    both = torch.cat([token_regions, fore[:, None]], dim=1).to(torch.float32)
+    both = resize_nearest(both, height, width, constants)
+    regions, foreground = both[:, :-1], both[:, -1:]
     delta = cond.to(torch.float32) - uncond.to(torch.float32)
     norm = delta.norm(dim=1, keepdim=True)
     region_norms = _region_mean(norm, regions)
@@ -37,7 +40,7 @@ def semantic_cfg_rate(uncond, cond, token_regions, fore, cfg: float) -> torch.Te
     rate = rate.clamp(min=RATE_CLAMP[0], max=RATE_CLAMP[1])
     if cfg > 0:
         rate = rate.clamp_max(MAX_GUIDANCE / cfg)
-    return gaussian_blur(rate).to(uncond.dtype)
+    return gaussian_blur(rate, constants).to(uncond.dtype)
 
 
 def semantic_cfg(uncond, cond, rate, cfg: float) -> torch.Tensor:

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from .constants import REFERENCE_MASK_ON_VALUE, REFERENCE_MASK_SIZE
+from .device_constants import cached_constant
 
 MASK_MODES = ("nearest", "area")
 
@@ -13,11 +14,15 @@ def nearest_indices(source: int, target: int, device=None) -> torch.Tensor:
     return torch.arange(target, device=device) * source // target
 
 
-def resize_nearest(grid: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Nearest resize of the last two axes (..., Hs, Ws) -> (..., height, width)."""
-    rows = nearest_indices(grid.shape[-2], height, grid.device)
-    cols = nearest_indices(grid.shape[-1], width, grid.device)
-    return grid[..., rows, :][..., cols]
+def resize_nearest(grid: torch.Tensor, height: int, width: int, constants=None) -> torch.Tensor:
+    """Nearest resize of the last two axes (..., Hs, Ws) -> (..., height, width); constants: see
+    device_constants (holds the index tensors)."""
+    device = grid.device
+    rows = cached_constant(constants, ("nearest", grid.shape[-2], height, device),
+                           lambda: nearest_indices(grid.shape[-2], height, device))
+    cols = cached_constant(constants, ("nearest", grid.shape[-1], width, device),
+                           lambda: nearest_indices(grid.shape[-1], width, device))
+    return grid[..., rows[:, None], cols]
 
 
 def reference_mode_mask(mask_uint8: torch.Tensor) -> torch.Tensor:

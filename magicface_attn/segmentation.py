@@ -36,7 +36,7 @@ class Segmentation:
     labels: torch.Tensor
 
 
-def _layer_grids(maps: torch.Tensor, hw, out_hw) -> torch.Tensor:
+def _layer_grids(maps: torch.Tensor, hw, out_hw, constants=None) -> torch.Tensor:
     """(L, rows, h*w, T) propagated maps of L layers on one grid -> (L, rows, T, H, W) resized
     (bilinear, as the reference's upsampling to 32x32) and Gaussian-blurred, float32."""
     layers, rows, tokens_hw, tokens = maps.shape
@@ -46,7 +46,7 @@ def _layer_grids(maps: torch.Tensor, hw, out_hw) -> torch.Tensor:
     grid = maps.to(torch.float32).transpose(-1, -2).reshape(layers * rows, tokens, h, w)
     if (h, w) != tuple(out_hw):
         grid = F.interpolate(grid, size=tuple(out_hw), mode="bilinear", align_corners=False)
-    return gaussian_blur(grid).unflatten(0, (layers, rows))
+    return gaussian_blur(grid, constants).unflatten(0, (layers, rows))
 
 
 def _grid_groups(layer_maps):
@@ -58,12 +58,12 @@ def _grid_groups(layer_maps):
     return groups
 
 
-def _layer_sums(layer_maps, out_hw, rows: int, used):
+def _layer_sums(layer_maps, out_hw, rows: int, used, constants=None):
     """Sums over all layers of the mean-normalised cond token maps (T, H, W) and, with an
     uncond row, of the normalised [start token, other tokens] maps (2, H, W) (else None)."""
     token_sum = fore_sum = None
     for hw, group in _grid_groups(layer_maps).items():
-        grid = _layer_grids(torch.stack(group), hw, out_hw)
+        grid = _layer_grids(torch.stack(group), hw, out_hw, constants)
         cond = grid[:, -1]
         cond = (cond / (cond.mean(dim=(-2, -1), keepdim=True) + NORM_EPS)).sum(dim=0)
         token_sum = cond if token_sum is None else token_sum + cond
@@ -78,7 +78,8 @@ def _layer_sums(layer_maps, out_hw, rows: int, used):
     return token_sum, fore_sum
 
 
-def segment(layer_maps, out_hw, concept_tokens, ca_scale: float, num_tokens_used: int | None = None) -> Segmentation:
+def segment(layer_maps, out_hw, concept_tokens, ca_scale: float, num_tokens_used: int | None = None,
+            constants=None) -> Segmentation:
     """Segment the target from propagated attention maps of several layers.
 
     layer_maps: list of (maps, (h, w)); maps (2, h*w, T) with row 0 = uncond target and row
@@ -92,6 +93,7 @@ def segment(layer_maps, out_hw, concept_tokens, ca_scale: float, num_tokens_used
         regions are restricted to the foreground.
     num_tokens_used: tokens [0, num_tokens_used) take part in the argmax and the foreground sum
         (e.g. to ignore padding); None = all T tokens, as the reference.
+    constants: see device_constants (a per-run cache of the blur kernel).
     Never synchronises with the device.
     """
     if not layer_maps:
@@ -99,7 +101,7 @@ def segment(layer_maps, out_hw, concept_tokens, ca_scale: float, num_tokens_used
     rows = layer_maps[0][0].shape[0]
     if rows not in (1, 2) or any(maps.shape[0] != rows for maps, _ in layer_maps):
         raise ValueError("every layer needs the same 1 (cond) or 2 (uncond, cond) rows")
-    token_sum, fore_sum = _layer_sums(layer_maps, out_hw, rows, num_tokens_used)
+    token_sum, fore_sum = _layer_sums(layer_maps, out_hw, rows, num_tokens_used, constants)
     count = len(layer_maps)
     token_scores = token_sum / count
     tokens = token_scores.shape[0]

@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from .constants import GAUSSIAN_KERNEL_SIZE, GAUSSIAN_SIGMA
+from .device_constants import cached_constant
 
 
 def gaussian_kernel(size: int = GAUSSIAN_KERNEL_SIZE, sigma: float = GAUSSIAN_SIGMA, device=None) -> torch.Tensor:
@@ -18,10 +19,13 @@ def gaussian_kernel(size: int = GAUSSIAN_KERNEL_SIZE, sigma: float = GAUSSIAN_SI
     return (axis[:, None] * axis[None, :]).to(torch.float32)
 
 
-def gaussian_blur(grid: torch.Tensor) -> torch.Tensor:
-    """Blur each (H, W) map of grid (B, C, H, W) with reflect padding; H, W >= 2. Float32 out."""
+def gaussian_blur(grid: torch.Tensor, constants=None) -> torch.Tensor:
+    """Blur each (H, W) map of grid (B, C, H, W) with reflect padding; H, W >= 2. Float32 out.
+    constants: see device_constants (holds the kernel)."""
     channels = grid.shape[1]
     pad = GAUSSIAN_KERNEL_SIZE // 2
-    kernel = gaussian_kernel(device=grid.device).expand(channels, 1, -1, -1)
+    device = grid.device
+    kernel = cached_constant(constants, ("gaussian kernel", device), lambda: gaussian_kernel(device=device))
+    kernel = kernel.expand(channels, 1, -1, -1)
     padded = F.pad(grid.to(torch.float32), (pad, pad, pad, pad), mode="reflect")
     return F.conv2d(padded, kernel, groups=channels)

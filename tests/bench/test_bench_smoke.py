@@ -31,3 +31,7 @@ def test_tiny_pipeline_bench_writes_finite_table(tmp_path):
                       r"([\d.e+-]+)\)", table, re.MULTILINE)
     assert every and math.isfinite(float(every.group(1))) and 0 < float(every.group(2)) < 1, table
     assert "R=2, references every 2 steps: reference features made at 2 steps, reused at 2." in table
+    # Kernel ops per step: the host cost where launches bound the run; MagicFace adds to plain's.
+    ops = dict(re.findall(r"^\| (plain|R=\d+) \|(?: [^|]*\|){5} (\d+) \|", table, re.MULTILINE))
+    assert set(ops) == {"plain", "R=1", "R=2"}, table
+    assert int(ops["plain"]) > 0 and int(ops["R=1"]) > int(ops["plain"]), ops

@@ -235,7 +235,7 @@ def test_rejects_bad_arguments():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_folded_bias_columns_keep_float32_precision(dtype):
     bias = torch.tensor([0.3, 1.2, 2.54, 4.99, -3.7])
-    columns = mf.attention.fold_bias_columns(bias, 0.125, dtype)
+    columns = mf.reference_kv.fold_bias_columns(bias, 0.125, dtype)
     assert columns.dtype == dtype
     torch.testing.assert_close(columns.double().sum(dim=1) * 0.125, bias.double(), rtol=2e-5, atol=0)
 
@@ -248,10 +248,10 @@ def test_fused_half_attention_applies_the_bias(dtype):
     q = torch.randn(1, heads, 1, dim, dtype=dtype)
     zeros = torch.zeros(1, heads, own, dim, dtype=dtype)
     ref_values = torch.ones(heads, kept, dim, dtype=dtype)
-    out = mf.attention._fold_bias_attention(
-        q, zeros, zeros, torch.zeros(heads, kept, dim, dtype=dtype), ref_values,
-        torch.full((kept,), weight), dim ** -0.5,
-    )
+    columns = mf.reference_kv.fold_bias_columns(torch.full((kept,), weight), dim ** -0.5, dtype)
+    tail = mf.reference_kv.query_tail(mf.attention.padded_width(dim + 2) - dim, q)
+    block = mf.reference_kv.fold_block(torch.zeros(heads, kept, dim, dtype=dtype), ref_values, columns, tail)
+    out = mf.attention._fold_bias_attention(q, zeros, zeros, block, dim ** -0.5)
     share = torch.tensor(weight, dtype=torch.float64).exp()
     expected = (kept * share / (own + kept * share)).to(dtype).double()
     assert (out.double() - expected).abs().max() <= 2e-3 * expected
