@@ -67,7 +67,7 @@ def parse_args(argv=None):
                              "each other at every op and timings explode)")
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
     parser.add_argument("--gpu-busy", action="store_true",
-                        help="CUDA: one more profiled run per variant for the GPU busy share (torch.profiler)")
+                        help="CUDA: one more profiled run of plain and of the largest R for the GPU busy share (torch.profiler)")
     parser.add_argument("--profile-dir", type=Path,
                         help="with --gpu-busy: write the plain and largest-R operator tables into this folder")
     args = parser.parse_args(argv)
@@ -202,9 +202,10 @@ def bench_model(name, args, device, dtype):
         variant.kernel_ops = count_kernel_ops(run) / args.steps
         if device.type == "cuda":
             variant.syncs = count_host_syncs(run)
-            if args.gpu_busy:
-                table = None  # operator tables of plain and of the largest coupled R only
-                if args.profile_dir and index in (0, len(args.concept_counts)):
+            # Profiled runs take several times a plain one: plain and the largest coupled R only.
+            if args.gpu_busy and index in (0, len(args.concept_counts)):
+                table = None
+                if args.profile_dir:
                     args.profile_dir.mkdir(parents=True, exist_ok=True)
                     table = args.profile_dir / f"profile_{spec.family}_{variant.label.replace('=', '')}.txt"
                 variant.busy_s = device_busy_seconds(run, device, table)

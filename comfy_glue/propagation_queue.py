@@ -32,7 +32,8 @@ class PropagationQueue:
         hw, _, _, heads = key
         group = self._groups.pop(key)
         rows = group[0][0].shape[0]
-        q_self, k_self, q_cross, k_text = (torch.cat(parts) for parts in zip(*group))
+        # A lone layer is used as it is: cat would copy it.
+        q_self, k_self, q_cross, k_text = (parts[0] if len(parts) == 1 else torch.cat(parts) for parts in zip(*group))
         cross = head_mean_cross_probs(q_cross, k_text, heads)
         maps = smooth_propagate(q_self, k_self, cross, heads).float()
         self._maps.extend((layer_maps, hw) for layer_maps in maps.split(rows))

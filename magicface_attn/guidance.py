@@ -11,11 +11,6 @@ from .masks import resize_nearest
 from .smoothing import gaussian_blur
 
 
-def _region_mean(norm: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
-    """norm (B, 1, H, W), regions (B, K, H, W) float -> (B, K) guarded mean inside each region."""
-    return (norm * regions).sum(dim=(2, 3)) / (regions.sum(dim=(2, 3)) + RATE_EPS)
-
-
 def semantic_cfg_rate(uncond, cond, token_regions, fore, cfg: float, constants=None) -> torch.Tensor:
     """Per-pixel guidance multiplier.
 
@@ -26,20 +21,20 @@ def semantic_cfg_rate(uncond, cond, token_regions, fore, cfg: float, constants=N
     constants: see device_constants (a per-run cache of the blur kernel and resize indices).
     """
     height, width = uncond.shape[-2:]
-    # Regions and foreground resized in one gather.
-    both = torch.cat([token_regions, fore[:, None]], dim=1).to(torch.float32)
-    both = resize_nearest(both, height, width, constants)
-    regions, foreground = both[:, :-1], both[:, -1:]
+    # Token regions and the foreground go through each step together: (B, T + 1, H', W').
+    regions = torch.cat([token_regions, fore[:, None]], dim=1).to(torch.float32)
+    regions = resize_nearest(regions, height, width, constants)
     delta = cond.to(torch.float32) - uncond.to(torch.float32)
     norm = delta.norm(dim=1, keepdim=True)
-    region_norms = _region_mean(norm, regions)
-    fore_norms = _region_mean(norm, foreground)
-    present = (regions.sum(dim=(2, 3)) > 0).float()
-    rates = fore_norms * present / (region_norms + RATE_EPS)
-    rate = (rates[:, :, None, None] * regions).sum(dim=1, keepdim=True)
-    rate = rate.clamp(min=RATE_CLAMP[0], max=RATE_CLAMP[1])
-    if cfg > 0:
-        rate = rate.clamp_max(MAX_GUIDANCE / cfg)
+    areas = regions.sum(dim=(2, 3))
+    means = (norm * regions).sum(dim=(2, 3)) / (areas + RATE_EPS)  # guarded mean norm per region
+    region_norms, fore_norms = means[:, :-1], means[:, -1:]
+    rates = fore_norms * (areas[:, :-1] > 0) / (region_norms + RATE_EPS)
+    rate = (rates[:, :, None, None] * regions[:, :-1]).sum(dim=1, keepdim=True)
+    # clamp(low, min(high, cap)) equals clamping to RATE_CLAMP, then capping at cap, also when
+    # the cap lies below the floor (torch.clamp then returns its max everywhere).
+    high = min(RATE_CLAMP[1], MAX_GUIDANCE / cfg) if cfg > 0 else RATE_CLAMP[1]
+    rate = rate.clamp(min=RATE_CLAMP[0], max=high)
     return gaussian_blur(rate, constants).to(uncond.dtype)
 
 

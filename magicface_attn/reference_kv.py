@@ -121,11 +121,13 @@ def query_tail(length: int, like: torch.Tensor) -> torch.Tensor:
 def fold_block(ref_k, ref_v, columns, tail) -> FoldedBlock:
     """ref_k, ref_v: (H, K, d); columns: (K, 2) fold_bias_columns; tail: query_tail, whose
     dtype and device the block takes."""
-    heads, _, dim = ref_k.shape
+    heads, kept, _ = ref_k.shape
     extra = tail.shape[0]
-    keys = torch.cat([ref_k.to(device=tail.device, dtype=tail.dtype), columns.expand(heads, -1, -1)], dim=-1)
-    values = ref_v.to(device=tail.device, dtype=tail.dtype)
-    return FoldedBlock(F.pad(keys, (0, extra - 2)), F.pad(values, (0, extra)), tail)
+    # One cat writes keys, bias columns and the zero padding (a pad would be a second copy).
+    zeros = tail[2:].expand(heads, kept, extra - 2)
+    keys = torch.cat([ref_k.to(device=tail.device, dtype=tail.dtype), columns.expand(heads, -1, -1), zeros], dim=-1)
+    values = F.pad(ref_v.to(device=tail.device, dtype=tail.dtype), (0, extra))
+    return FoldedBlock(keys, values, tail)
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,9 @@ class Segmentation:
     labels: torch.Tensor
 
 
-def _layer_grids(maps: torch.Tensor, hw, out_hw, constants=None) -> torch.Tensor:
-    """(L, rows, h*w, T) propagated maps of L layers on one grid -> (L, rows, T, H, W) resized
-    (bilinear, as the reference's upsampling to 32x32) and Gaussian-blurred, float32."""
+def _resized(maps: torch.Tensor, hw, out_hw) -> torch.Tensor:
+    """(L, rows, h*w, T) propagated maps of L layers on one grid -> (L*rows, T, H, W) float32,
+    resized bilinearly (the reference's upsampling to 32x32)."""
     layers, rows, tokens_hw, tokens = maps.shape
     h, w = hw
     if tokens_hw != h * w:
@@ -46,7 +46,7 @@ def _layer_grids(maps: torch.Tensor, hw, out_hw, constants=None) -> torch.Tensor
     grid = maps.to(torch.float32).transpose(-1, -2).reshape(layers * rows, tokens, h, w)
     if (h, w) != tuple(out_hw):
         grid = F.interpolate(grid, size=tuple(out_hw), mode="bilinear", align_corners=False)
-    return gaussian_blur(grid, constants).unflatten(0, (layers, rows))
+    return grid
 
 
 def _grid_groups(layer_maps):
@@ -60,22 +60,23 @@ def _grid_groups(layer_maps):
 
 def _layer_sums(layer_maps, out_hw, rows: int, used, constants=None):
     """Sums over all layers of the mean-normalised cond token maps (T, H, W) and, with an
-    uncond row, of the normalised [start token, other tokens] maps (2, H, W) (else None)."""
-    token_sum = fore_sum = None
-    for hw, group in _grid_groups(layer_maps).items():
-        grid = _layer_grids(torch.stack(group), hw, out_hw, constants)
-        cond = grid[:, -1]
-        cond = (cond / (cond.mean(dim=(-2, -1), keepdim=True) + NORM_EPS)).sum(dim=0)
-        token_sum = cond if token_sum is None else token_sum + cond
-        if rows == 2:
-            uncond = grid[:, 0]
-            stop = uncond.shape[1] if used is None else used
-            fore = torch.stack([uncond[:, START_TOKEN], uncond[:, START_TOKEN + 1 : stop].sum(dim=1)], dim=1)
-            # No epsilon here, as the reference; the clamp only guards all-zero maps.
-            fore = fore / fore.mean(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-            fore = fore.sum(dim=0)
-            fore_sum = fore if fore_sum is None else fore_sum + fore
-    return token_sum, fore_sum
+    uncond row, of the normalised [start token, other tokens] maps (2, H, W) (else None).
+
+    Every grid's layers are resized to out_hw, then blurred and normalised together: a few
+    kernels per step instead of per grid (launches, not arithmetic, are the cost here)."""
+    resized = [_resized(torch.stack(group), hw, out_hw) for hw, group in _grid_groups(layer_maps).items()]
+    grid = resized[0] if len(resized) == 1 else torch.cat(resized)
+    grid = gaussian_blur(grid, constants).unflatten(0, (-1, rows))
+    cond = grid[:, -1]
+    token_sum = (cond / (cond.mean(dim=(-2, -1), keepdim=True) + NORM_EPS)).sum(dim=0)
+    if rows != 2:
+        return token_sum, None
+    uncond = grid[:, 0]
+    stop = uncond.shape[1] if used is None else used
+    fore = torch.stack([uncond[:, START_TOKEN], uncond[:, START_TOKEN + 1 : stop].sum(dim=1)], dim=1)
+    # No epsilon here, as the reference; the clamp only guards all-zero maps.
+    fore = fore / fore.mean(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    return token_sum, fore.sum(dim=0)
 
 
 def segment(layer_maps, out_hw, concept_tokens, ca_scale: float, num_tokens_used: int | None = None,

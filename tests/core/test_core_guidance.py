@@ -32,6 +32,16 @@ def test_rate_is_capped_by_max_guidance_over_cfg_and_uncovered_pixels_get_the_fl
     torch.testing.assert_close(rate[:, :, -1], torch.full((2, 1, 10), mf.RATE_CLAMP[0]))
 
 
+def test_a_cap_below_the_floor_caps_every_pixel():
+    """At cfg > MAX_GUIDANCE / RATE_CLAMP[0] the reference clamps to the floor, then caps below it."""
+    uncond, cond = torch.zeros(1, 4, 6, 6), torch.rand(1, 4, 6, 6) + 1
+    regions = torch.zeros(1, 3, 3, 3, dtype=torch.bool)
+    regions[0, 1, :2] = True
+    cfg = 2 * mf.MAX_GUIDANCE / mf.RATE_CLAMP[0]
+    rate = mf.semantic_cfg_rate(uncond, cond, regions, torch.ones(1, 3, 3, dtype=torch.bool), cfg=cfg)
+    torch.testing.assert_close(rate, torch.full((1, 1, 6, 6), mf.MAX_GUIDANCE / cfg))
+
+
 def test_semantic_cfg_formula():
     uncond, cond, rate = torch.randn(1, 4, 5, 5), torch.randn(1, 4, 5, 5), torch.rand(1, 1, 5, 5)
     torch.testing.assert_close(mf.semantic_cfg(uncond, cond, rate, 7.5), uncond + 7.5 * rate * (cond - uncond))
