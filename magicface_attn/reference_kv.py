@@ -35,7 +35,7 @@ class ReferenceKV:
     packed_values: torch.Tensor
     packed_bias: torch.Tensor
     offsets: tuple
-    # Caches shared with the PackLayout (bias columns, reused every step) and of this object
+    # Caches shared with the PackLayout (bias columns and query tail, reused every step) and of this object
     # (its folded block, reused by every call that reads these references).
     bias_columns: dict = field(default_factory=dict, compare=False, repr=False)
     folded_blocks: dict = field(default_factory=dict, compare=False, repr=False)
@@ -140,7 +140,7 @@ class PackLayout:
     bias: (K,) float32, w_r of each kept key.
     weights: (R,) float32.
     offsets: R+1 Python ints; reference r owns packed positions offsets[r]:offsets[r+1].
-    bias_columns: the folded bias columns of ReferenceKV.folded, cached across the steps.
+    bias_columns: ReferenceKV.folded's bias columns and query tail, cached across the steps.
     """
 
     key_mask: torch.Tensor
