@@ -143,7 +143,7 @@ class SelfAttentionHook(_SharedOnCopy):
             pieces.sort(key=lambda piece: piece[0])
             return torch.cat([piece for _, piece in pieces]) if len(pieces) > 1 else pieces[0][1]
         out = torch.empty_like(q)
-        for (start, _), (_, piece) in zip(rows.plain_spans, pieces):
+        for start, piece in pieces:
             out[start:start + piece.shape[0]] = piece
         out[rows.cond] = injected.to(out.dtype)
         return out

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .heads_layout import compute_dtype, merge_heads, padded_width, split_heads
+from .heads_layout import compute_dtype, merge_heads, split_heads
 from .reference_kv import FoldedBlock, ReferenceKV
 
 IMPLS = ("auto", "fast", "plain")
@@ -125,7 +125,7 @@ def rsa_attention(q, k, v, refs: ReferenceKV, heads: int, impl: str = "auto") ->
     q_h, k_h, v_h = (split_heads(t, heads, dtype) for t in (q, k, v))
     scale = refs.head_dim ** -0.5
     if fast:
-        out = _fold_bias_attention(q_h, k_h, v_h, refs.folded(padded_width(refs.head_dim + 2), q_h), scale)
+        out = _fold_bias_attention(q_h, k_h, v_h, refs.folded(q_h), scale)
     else:
         ref_k, ref_v, bias = _dense_reference_block(refs, range(refs.num_refs))
         out = _materialised_attention(q_h, k_h, v_h, ref_k, ref_v, bias, scale)
@@ -158,9 +158,8 @@ def _blend_inputs(q, k, v, refs: ReferenceKV, heads: int) -> _BlendInputs:
     q_h, k_h, v_h = (split_heads(t, heads, dtype) for t in (q, k, v))
     # The same call as plain_attention, so pixels that blend nowhere stay bit-identical to it.
     plain = F.scaled_dot_product_attention(q_h, k_h, v_h)
-    width = padded_width(q_h.shape[-1] + 2)
-    scale = refs.head_dim ** -0.5
-    return _BlendInputs(q_h, k_h, v_h, plain, refs.folded(width, q_h), width, scale)
+    block = refs.folded(q_h)
+    return _BlendInputs(q_h, k_h, v_h, plain, block, block.keys.shape[-1], refs.head_dim ** -0.5)
 
 
 def _rba_fast(q, k, v, refs: ReferenceKV, owner, heads: int) -> torch.Tensor:

@@ -10,6 +10,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .heads_layout import padded_width
+
 
 @dataclass(frozen=True)
 class ReferenceKV:
@@ -37,7 +39,7 @@ class ReferenceKV:
     offsets: tuple
     # Caches shared with the PackLayout (bias columns and query tail, reused every step) and of this object
     # (its folded block, reused by every call that reads these references).
-    bias_columns: dict = field(default_factory=dict, compare=False, repr=False)
+    fold_cache: dict = field(default_factory=dict, compare=False, repr=False)
     folded_blocks: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -66,24 +68,25 @@ class ReferenceKV:
         excluded = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=self.keys.device)
         return torch.where(self.key_mask[index], weight, excluded)
 
-    def folded(self, width: int, like: torch.Tensor) -> "FoldedBlock":
+    def folded(self, like: torch.Tensor) -> "FoldedBlock":
         """The packed references folded for the fused attention (FoldedBlock) in like's dtype
-        and device. Made once per width, dtype and device: every attention call reading these
-        references (one per step, or several with reused references) would otherwise rebuild
-        them with about ten kernel launches."""
-        cache_key = (width, like.dtype, like.device)
+        and device, width = head dim + 2 padded to 8. Made once per dtype and device: every
+        attention call reading these references (one per step, or several with reused
+        references) would otherwise rebuild them with about ten kernel launches."""
+        cache_key = (like.dtype, like.device)
         block = self.folded_blocks.get(cache_key)
         if block is None:
             scale = self.head_dim ** -0.5
             columns_key = (scale, like.dtype, like.device)
-            columns = self.bias_columns.get(columns_key)
+            columns = self.fold_cache.get(columns_key)
             if columns is None:
-                columns = self.bias_columns[columns_key] = fold_bias_columns(
+                columns = self.fold_cache[columns_key] = fold_bias_columns(
                     self.packed_bias.to(like.device), scale, like.dtype)
-            tail_key = ("query tail", width - self.head_dim, like.dtype, like.device)
-            tail = self.bias_columns.get(tail_key)
+            extra = padded_width(self.head_dim + 2) - self.head_dim
+            tail_key = ("query tail", extra, like.dtype, like.device)
+            tail = self.fold_cache.get(tail_key)
             if tail is None:
-                tail = self.bias_columns[tail_key] = query_tail(width - self.head_dim, like)
+                tail = self.fold_cache[tail_key] = query_tail(extra, like)
             block = fold_block(self.packed_keys, self.packed_values, columns, tail)
             self.folded_blocks[cache_key] = block
         return block
@@ -140,7 +143,7 @@ class PackLayout:
     bias: (K,) float32, w_r of each kept key.
     weights: (R,) float32.
     offsets: R+1 Python ints; reference r owns packed positions offsets[r]:offsets[r+1].
-    bias_columns: ReferenceKV.folded's bias columns and query tail, cached across the steps.
+    fold_cache: ReferenceKV.folded's bias columns and query tail, cached across the steps.
     """
 
     key_mask: torch.Tensor
@@ -148,7 +151,7 @@ class PackLayout:
     bias: torch.Tensor
     weights: torch.Tensor
     offsets: tuple
-    bias_columns: dict = field(default_factory=dict, compare=False, repr=False)
+    fold_cache: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 def _host_weights(weights, refs: int) -> list:
@@ -224,5 +227,5 @@ def make_reference_kv(keys, values, key_mask, weights, heads: int, layout: PackL
         packed_values=packed_values,
         packed_bias=layout.bias,
         offsets=layout.offsets,
-        bias_columns=layout.bias_columns,
+        fold_cache=layout.fold_cache,
     )

@@ -249,7 +249,7 @@ def test_fused_half_attention_applies_the_bias(dtype):
     zeros = torch.zeros(1, heads, own, dim, dtype=dtype)
     ref_values = torch.ones(heads, kept, dim, dtype=dtype)
     columns = mf.reference_kv.fold_bias_columns(torch.full((kept,), weight), dim ** -0.5, dtype)
-    tail = mf.reference_kv.query_tail(mf.attention.padded_width(dim + 2) - dim, q)
+    tail = mf.reference_kv.query_tail(mf.heads_layout.padded_width(dim + 2) - dim, q)
     block = mf.reference_kv.fold_block(torch.zeros(heads, kept, dim, dtype=dtype), ref_values, columns, tail)
     out = mf.attention._fold_bias_attention(q, zeros, zeros, block, dim ** -0.5)
     share = torch.tensor(weight, dtype=torch.float64).exp()

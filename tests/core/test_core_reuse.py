@@ -20,15 +20,15 @@ def test_folded_block_is_made_once_per_references_and_bias_columns_once_per_layo
     step_one, _ = _references(0, layout)
     q = torch.randn(1, 12, 8)
     out = mf.rsa_attention(q, q, q, step_one, 2)
-    block = step_one.folded(mf.attention.padded_width(4 + 2), q)
-    assert step_one.folded(mf.attention.padded_width(4 + 2), q) is block  # the RSA call made it
+    block = step_one.folded(q)
+    assert step_one.folded(q) is block  # the RSA call made it
     torch.testing.assert_close(mf.rsa_attention(q, q, q, step_one, 2), out, rtol=0, atol=0)
     # The next step's references share the layout: new keys, the same bias columns object.
     step_two, _ = _references(1, layout)
-    columns = dict(step_one.bias_columns)
+    columns = dict(step_one.fold_cache)
     mf.rsa_attention(q, q, q, step_two, 2)
-    assert step_two.bias_columns is step_one.bias_columns
-    assert all(step_two.bias_columns[key] is value for key, value in columns.items())
+    assert step_two.fold_cache is step_one.fold_cache
+    assert all(step_two.fold_cache[key] is value for key, value in columns.items())
     # A fresh ReferenceKV without a layout gives the same result as the reused pieces.
     fresh = mf.make_reference_kv(step_two.keys, step_two.values, mask, [2.5, 1.2], 2)
     torch.testing.assert_close(mf.rsa_attention(q, q, q, fresh, 2), mf.rsa_attention(q, q, q, step_two, 2),
