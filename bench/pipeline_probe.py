@@ -92,7 +92,7 @@ class PartTimer:
 PARTS = {
     "reference inputs / separate pass": [("patch", "run_reference_pass"), ("patch", "coupled_inputs")],
     "joined attention (RSA/RBA)": [("attention_hooks", "rsa_attention"), ("attention_hooks", "rba_attention")],
-    "segmentation": [("propagation_queue", "head_mean_cross_probs"), ("propagation_queue", "smooth_propagate"),
+    "segmentation": [("propagation_queue", "propagate_cross_maps"),
                      ("run_state", "MagicFaceRun.finish_segmentation")],
     "semantic guidance": [("guidance_hook", "SemanticGuidanceHook.__call__")],
 }

@@ -100,27 +100,32 @@ class SelfAttentionHook(_SharedOnCopy):
             call.pending_self[self.layer.key] = (q[rows.seg], k[rows.seg], hw)
         if self.inject and rows.refs is not None:  # batch coupling: the references ride in this batch
             call.run.store_reference(self.layer, k[rows.refs], v[rows.refs], heads, call.latent_hw, call.letterbox)
+        out = self._plain(q, k, v, extra)
         if self.inject and call.stage is not None:
-            out = self._inject(q, k, v, extra, call, heads, hw)
-            if out is not None:
-                return out
-        return self._plain(q, k, v, extra)
+            self._inject(out, q, k, v, call, heads, hw)
+        return out
 
-    def _inject(self, q, k, v, extra, call, heads, hw):
+    def _inject(self, out, q, k, v, call, heads, hw):
+        """RSA/RBA written into the cond rows of `out`, the whole batch's plain attention (the
+        host's or the wrapped node's): the other rows keep it, and no row is computed twice
+        apart from RSA's cond rows."""
         refs = call.run.reference_kv.get(self.layer.key)
         if refs is None or refs.total_kept == 0:
-            return None  # every reference mask vanished at this resolution: plain attention, bit-exact
+            return  # every reference mask vanished at this resolution: plain attention, bit-exact
         rows = call.rows.cond
+        if call.stage == keys.STAGE_RBA and call.regions is None:
+            return
+        target = out[rows]  # a view of out when the cond rows are contiguous
         regions = None
         if call.stage == keys.STAGE_RSA:
-            injected = rsa_attention(q[rows], k[rows], v[rows], refs, heads)
+            rsa_attention(q[rows], k[rows], v[rows], refs, heads, out=target)
         else:
-            if call.regions is None:
-                return None
             if hw not in call.layer_regions:  # a grid resized by another node: one host sync, here
                 prepare_rba_regions(call, [hw])
             regions = call.layer_regions[hw]
-            injected = rba_attention(q[rows], k[rows], v[rows], refs, regions, heads, groups=call.layer_groups[hw])
+            rba_attention(q[rows], k[rows], v[rows], refs, regions, heads, groups=call.layer_groups[hw], plain=target)
+        if not isinstance(rows, slice):
+            out[rows] = target
         if self.record:
             owner = concept_owner(regions[:1])[0] if regions is not None else None
             ref_grid, ref_window = call.run.reference_windows[self.layer.key]
@@ -128,25 +133,6 @@ class SelfAttentionHook(_SharedOnCopy):
                 layer=self.layer, stage=call.stage, query=q[rows][0], own_keys=k[rows][0], refs=refs,
                 heads=heads, hw=hw, ref_grid=ref_grid, ref_window=ref_window, owner=owner)
         call.run.calls[(call.stage, self.layer.name)] += 1
-        return self._with_plain_rows(q, k, v, extra, call.rows, injected, heads)
-
-    def _with_plain_rows(self, q, k, v, extra, rows, injected, heads):
-        """The whole batch's output: `injected` in the cond rows, plain attention elsewhere."""
-        if self.previous is not None:  # another node's patch sees the whole batch, as it expects
-            out = self.previous(q, k, v, _inner(extra))
-            out[rows.cond] = injected.to(out.dtype)
-            return out
-        pieces = [(start, host_attention(q[start:stop], k[start:stop], v[start:stop], heads, extra).to(q.dtype))
-                  for start, stop in rows.plain_spans]
-        if isinstance(rows.cond, slice):  # contiguous cond rows: the pieces tile the batch, one cat
-            pieces.append((rows.cond.start, injected.to(q.dtype)))
-            pieces.sort(key=lambda piece: piece[0])
-            return torch.cat([piece for _, piece in pieces]) if len(pieces) > 1 else pieces[0][1]
-        out = torch.empty_like(q)
-        for start, piece in pieces:
-            out[start:start + piece.shape[0]] = piece
-        out[rows.cond] = injected.to(out.dtype)
-        return out
 
 
 class CrossAttentionHook:

@@ -19,7 +19,6 @@ class BatchRows:
     cond_elements: Optional[torch.Tensor]  # (n,) batch element of each cond row; None: 0..n-1 in order
     seg: object                            # slice or long tensor: the rows the segmentation reads, see seg_layout
     seg_layout: str                        # SEG_PAIRS [uncond_0, cond_0, uncond_1, ...], SEG_COND or SEG_UNCOND rows
-    plain_spans: tuple                     # ((start, stop), ...) rows with plain attention (uncond, references)
     refs: Optional[slice]                  # reference rows appended by batch coupling
     total: int                             # rows of the call's batch, reference rows included
 
@@ -34,17 +33,6 @@ def _selector(indices, device):
     if indices == list(range(indices[0], indices[0] + len(indices))):
         return slice(indices[0], indices[0] + len(indices))
     return torch.tensor(indices, dtype=torch.long, device=device)
-
-
-def _spans(is_plain):
-    spans, start = [], None
-    for row, plain in enumerate(list(is_plain) + [False]):
-        if plain and start is None:
-            start = row
-        elif not plain and start is not None:
-            spans.append((start, row))
-            start = None
-    return tuple(spans)
 
 
 def row_flags(cond_or_uncond, chunk: int) -> list:
@@ -67,7 +55,6 @@ def batch_rows(cond_or_uncond, chunk: int, ref_count: int, device) -> BatchRows:
     refs = slice(target, target + ref_count) if ref_count else None
     return BatchRows(cond=_selector(cond, device), cond_elements=elements,
                      seg=_selector(seg, device), seg_layout=layout,
-                     plain_spans=_spans([flag != keys.COND_FLAG for flag in flags] + [True] * ref_count),
                      refs=refs, total=target + ref_count)
 
 
@@ -77,4 +64,4 @@ def uncond_half_rows(cond_or_uncond, chunk: int, device) -> BatchRows:
     flags = row_flags(cond_or_uncond, chunk)
     uncond = [row for row, flag in enumerate(flags) if flag == keys.UNCOND_FLAG][:chunk]
     return BatchRows(cond=slice(0, 0), cond_elements=None, seg=_selector(uncond, device), seg_layout=SEG_UNCOND,
-                     plain_spans=((0, len(flags)),), refs=None, total=len(flags))
+                     refs=None, total=len(flags))

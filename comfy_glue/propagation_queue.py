@@ -7,15 +7,18 @@ most MAX_LAYERS_PER_BATCH at a time to bound the memory held for them.
 """
 import torch
 
-from ..magicface_attn import head_mean_cross_probs, smooth_propagate
+from ..magicface_attn import propagate_cross_maps
 
 MAX_LAYERS_PER_BATCH = 16
 
 
 class PropagationQueue:
-    """Per-call queue; maps come out as [(maps (rows, N, T) float32, (h, w))], one per layer."""
+    """Per-call queue; maps come out as [(maps (L, rows, N, T) float32, (h, w))], L layers of
+    one grid in each (segment takes them so, without copying them apart and together again).
+    constants: the run's device constants (magicface_attn.device_constants)."""
 
-    def __init__(self):
+    def __init__(self, constants=None):
+        self._constants = constants
         self._groups = {}
         self._maps = []
 
@@ -34,9 +37,8 @@ class PropagationQueue:
         rows = group[0][0].shape[0]
         # A lone layer is used as it is: cat would copy it.
         q_self, k_self, q_cross, k_text = (parts[0] if len(parts) == 1 else torch.cat(parts) for parts in zip(*group))
-        cross = head_mean_cross_probs(q_cross, k_text, heads)
-        maps = smooth_propagate(q_self, k_self, cross, heads).float()
-        self._maps.extend((layer_maps, hw) for layer_maps in maps.split(rows))
+        maps = propagate_cross_maps(q_self, k_self, q_cross, k_text, heads, constants=self._constants)
+        self._maps.append((maps.unflatten(0, (len(group), rows)), hw))
 
     def maps(self):
         for key in list(self._groups):

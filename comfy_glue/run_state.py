@@ -44,7 +44,7 @@ def _join_halves(uncond, cond):
     for (u, u_hw), (c, c_hw) in zip(uncond, cond):
         if u_hw != c_hw or u.shape != c.shape:
             return None
-        joined.append((torch.stack([u, c], dim=1).flatten(0, 1), u_hw))
+        joined.append((torch.stack([u, c], dim=2).flatten(1, 2), u_hw))  # (L, rows, N, T) each
     return joined
 
 
@@ -79,10 +79,13 @@ class CallContext:
     letterbox: Optional[object] = None  # reference_pass.Letterbox when the references ride in this call
     regions: Optional[torch.Tensor] = None        # (batch_elements, R, Hs, Ws) bool concept regions for RBA
     pending_self: dict = field(default_factory=dict)   # layer key -> (q, k, (h, w)) of seg rows
-    propagation: PropagationQueue = field(default_factory=PropagationQueue)  # segmentation layers' maps
+    propagation: PropagationQueue = field(init=False)  # segmentation layers' maps
     layer_regions: dict = field(default_factory=dict)   # (h, w) -> (cond rows, R, h*w) bool
     layer_groups: dict = field(default_factory=dict)    # (h, w) -> concept_pixel_groups of layer_regions
     segment: bool = True            # this call makes its noise level's segmentation (see MagicFaceRun.extra_pass)
+
+    def __post_init__(self):
+        self.propagation = PropagationQueue(self.run.device_constants)
 
     def release(self):
         self.pending_self.clear()
@@ -242,15 +245,14 @@ class MagicFaceRun:
 
     def _segment(self, propagated, with_uncond: bool, sigma: float, latent_hw):
         """This noise level's segmentation from the propagated maps of its segmentation rows."""
-        elements = propagated[0][0].shape[0] // (2 if with_uncond else 1)
+        elements = propagated[0][0].shape[1] // (2 if with_uncond else 1)  # maps: (L, rows, N, T)
         out_hw = layer_hw(latent_hw, 2)
         tokens = [list(t) for t in self.plan.concept_tokens]
         per_element = []
         for element in range(elements):
             layer_maps = []
             for maps, hw in propagated:
-                rows = maps.reshape(elements, -1, *maps.shape[1:])[element]
-                layer_maps.append((rows, hw))
+                layer_maps.append((maps.unflatten(1, (elements, -1))[:, element], hw))
             per_element.append(segment(layer_maps, out_hw, tokens, self.plan.ca_scale, constants=self._cache))
         self.segmentations = [(s, seg) for s, seg in self.segmentations if not same_sigma(s, sigma)]
         self.segmentations.append((sigma, per_element))

@@ -32,7 +32,7 @@ from .constants import (
 )
 from .guidance import semantic_cfg, semantic_cfg_rate
 from .masks import MASK_MODES, mask_to_layer, reference_mode_mask, resize_nearest
-from .propagation import head_mean_cross_probs, propagate_with_probs, smooth_propagate
+from .propagation import head_mean_cross_probs, propagate_cross_maps, propagate_with_probs
 from .reference_kv import PackLayout, ReferenceKV, make_reference_kv, pack_layout
 from .segmentation import Segmentation, segment
 from .smoothing import gaussian_blur, gaussian_kernel
@@ -48,6 +48,6 @@ __all__ = [
     "head_mean_cross_probs", "make_reference_kv", "mask_to_layer", "pack_layout", "pixel_groups_of_grids",
     "plain_attention",
     "point_attention_to_references",
-    "propagate_with_probs", "rba_attention", "reference_mode_mask", "resize_nearest",
-    "rsa_attention", "segment", "semantic_cfg", "semantic_cfg_rate", "smooth_propagate",
+    "propagate_cross_maps", "propagate_with_probs", "rba_attention", "reference_mode_mask", "resize_nearest",
+    "rsa_attention", "segment", "semantic_cfg", "semantic_cfg_rate",
 ]

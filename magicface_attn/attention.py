@@ -1,21 +1,24 @@
 """Plain, reference-aware (RSA) and region-grouped blend (RBA) self-attention.
 
 All public functions take q, k, v as (B, N, C), C = heads*d head-major, N = h*w tokens
-row-major, and return (B, N, C) in q's dtype.
+row-major, and return (B, N, C) in q's dtype. RSA can write into a given output and RBA can
+start from a given plain attention (e.g. the host's own output rows), which saves the caller
+a plain attention call and a concatenation per layer.
 
 impl="fast" (and "auto") never materialises query x key logits: masked-out reference keys are
 dropped (ReferenceKV's packed form) and the per-key bias is folded into extra head dimensions so
 one fused scaled_dot_product_attention call does the joint softmax:
     q' = [q, 1, 1, 0...],  k' = [k, hi, lo, 0...] with hi + lo = bias / scale (own keys: 0),
     v' = [v, 0...] (padded too: fused kernels need equal q/k/v head dims),
-and q'.k' * scale = q.k * scale + bias. hi/lo is a two-term split of bias/scale in the compute
-dtype, so fp16/bf16 keep the bias to ~fp32 accuracy. The widths are padded to a multiple of 8.
+and q'.k' * scale = q.k * scale + bias. Keys and values are built side by side in one tensor
+(FoldedBlock.kv) and handed to the kernel as two views of it, so each join is one launch.
+hi/lo is a two-term split of bias/scale in the compute dtype, so fp16/bf16 keep the bias to
+~fp32 accuracy. The widths are padded to a multiple of 8.
 The fast path never synchronises with the host (no .item(), boolean indexing or nonzero): it
 runs once per layer and step, where a sync stalls the CPU that queues the GPU's work.
 impl="plain" materialises the logits exactly like the reference code (oracle for tests).
 """
 import itertools
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -48,33 +51,39 @@ def _extend_queries(q_h, tail) -> torch.Tensor:
     return torch.cat([q_h, tail.expand(*q_h.shape[:-1], -1)], dim=-1)
 
 
-def _pad_heads(x: torch.Tensor, width: int) -> torch.Tensor:
-    """(..., d) -> (..., width) with zero columns: own keys (bias 0) and all values."""
-    return F.pad(x, (0, width - x.shape[-1]))
+def _own_block(k_h, v_h, zeros) -> torch.Tensor:
+    """(B, H, Nk, d) own keys and values -> (B, H, Nk, 2*width) [k, 0... | v, 0...] (bias 0)."""
+    pad = zeros.expand(*k_h.shape[:-1], -1)
+    return torch.cat([k_h, pad, v_h, pad], dim=-1)
 
 
-def _joint_attention(q_ext, own_k, own_v, ref_keys, ref_values, scale: float, dim: int):
+def _joint_attention(q_ext, own_kv, ref_kv, scale: float, dim: int):
     """One fused softmax over own keys and a reference block, all already folded to width.
 
-    q_ext: (B, H, Nq, width); own_k, own_v: (B, H, Nk, width); ref_keys, ref_values:
-    (H, K, width). Returns (B, H, Nq, dim).
+    q_ext: (B, H, Nq, width); own_kv: (B, H, Nk, 2*width) (_own_block); ref_kv: (H, K, 2*width)
+    (a span of FoldedBlock.kv). Returns (B, H, Nq, dim), a view.
     """
-    batch = q_ext.shape[0]
-    keys = torch.cat([own_k, ref_keys.expand(batch, -1, -1, -1)], dim=2)
-    values = torch.cat([own_v, ref_values.expand(batch, -1, -1, -1)], dim=2)
-    return F.scaled_dot_product_attention(q_ext, keys, values, scale=scale)[..., :dim]
+    batch, width = q_ext.shape[0], q_ext.shape[-1]
+    joined = torch.cat([own_kv, ref_kv.expand(batch, -1, -1, -1)], dim=2)
+    return F.scaled_dot_product_attention(q_ext, joined[..., :width], joined[..., width:], scale=scale)[..., :dim]
 
 
-def _fold_bias_attention(q_h, k_h, v_h, block, scale: float):
+def _fold_bias_attention(q_h, k_h, v_h, block: FoldedBlock, scale: float):
     """Joint softmax over own keys (bias 0) and a FoldedBlock of references (ReferenceKV.folded).
 
     q_h: (B, H, Nq, d); k_h, v_h: (B, H, Nk, d). Returns (B, H, Nq, d) in q_h's dtype.
     """
-    width = block.keys.shape[-1]
-    return _joint_attention(
-        _extend_queries(q_h, block.query_tail), _pad_heads(k_h, width), _pad_heads(v_h, width),
-        block.keys, block.values, scale, q_h.shape[-1],
-    )
+    own_kv = _own_block(k_h, v_h, block.zeros)
+    return _joint_attention(_extend_queries(q_h, block.query_tail), own_kv, block.kv, scale, q_h.shape[-1])
+
+
+def _write_heads(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """merge_heads(x) (B, H, N, d) written into out (B, N, H*d) in one copy; returns out."""
+    if out.stride(-1) == 1:  # the channel axis splits into (H, d) as a view
+        out.view(*out.shape[:-1], x.shape[1], x.shape[-1]).copy_(x.transpose(1, 2))
+    else:
+        out.copy_(merge_heads(x))
+    return out
 
 
 def _materialised_attention(q_h, k_h, v_h, ref_k, ref_v, ref_bias, scale: float):
@@ -110,26 +119,29 @@ def _check_refs(q, refs: ReferenceKV, heads: int):
         )
 
 
-def rsa_attention(q, k, v, refs: ReferenceKV, heads: int, impl: str = "auto") -> torch.Tensor:
+def rsa_attention(q, k, v, refs: ReferenceKV, heads: int, impl: str = "auto", out=None) -> torch.Tensor:
     """Reference-aware self-attention (early steps).
 
     Every row b of q (B, N, C) is a target row: it attends in ONE softmax to its own k[b], v[b]
     (B, N, C) and to all references' kept keys with bias w_i. With no kept reference key the
-    result is plain_attention exactly. Returns (B, N, C).
+    result is plain_attention exactly. Returns (B, N, C); out: a (B, N, C) tensor to write the
+    result into and return instead (e.g. the target's rows of the host's output).
     """
     _check_refs(q, refs, heads)
     fast = _use_fast_path(impl)
-    if refs.total_kept == 0:
-        return plain_attention(q, k, v, heads)
     dtype = compute_dtype(q)
     q_h, k_h, v_h = (split_heads(t, heads, dtype) for t in (q, k, v))
     scale = refs.head_dim ** -0.5
-    if fast:
-        out = _fold_bias_attention(q_h, k_h, v_h, refs.folded(q_h), scale)
+    if refs.total_kept == 0:
+        result = F.scaled_dot_product_attention(q_h, k_h, v_h)  # plain_attention's call
+    elif fast:
+        result = _fold_bias_attention(q_h, k_h, v_h, refs.folded(q_h), scale)
     else:
         ref_k, ref_v, bias = _dense_reference_block(refs, range(refs.num_refs))
-        out = _materialised_attention(q_h, k_h, v_h, ref_k, ref_v, bias, scale)
-    return merge_heads(out).to(q.dtype)
+        result = _materialised_attention(q_h, k_h, v_h, ref_k, ref_v, bias, scale)
+    if out is None:
+        return merge_heads(result).to(q.dtype)
+    return _write_heads(out, result)
 
 
 def concept_owner(regions: torch.Tensor) -> torch.Tensor:
@@ -141,49 +153,24 @@ def concept_owner(regions: torch.Tensor) -> torch.Tensor:
     return owner
 
 
-class _BlendInputs(NamedTuple):
-    """What both fast RBA forms start from: per-head q/k/v (B, H, N, d), plain attention for
-    every pixel (B, H, N, d), and the references' FoldedBlock of width `width`."""
-    q_h: torch.Tensor
-    k_h: torch.Tensor
-    v_h: torch.Tensor
-    plain: torch.Tensor
-    block: FoldedBlock
-    width: int
-    scale: float
+def _rba_fast(q_h, k_h, v_h, refs: ReferenceKV, owner, plain_h, blended) -> torch.Tensor:
+    """Every pixel of every row blended with each reference in `blended`; torch.where picks per
+    pixel. (R+1) full-query attentions, for callers without concept_pixel_groups (finding the
+    groups synchronises with the host); with them, _rba_gathered does the same for the
+    concepts' pixels only.
 
-
-def _blend_inputs(q, k, v, refs: ReferenceKV, heads: int) -> _BlendInputs:
-    dtype = compute_dtype(q)
-    q_h, k_h, v_h = (split_heads(t, heads, dtype) for t in (q, k, v))
-    # The same call as plain_attention, so pixels that blend nowhere stay bit-identical to it.
-    plain = F.scaled_dot_product_attention(q_h, k_h, v_h)
-    block = refs.folded(q_h)
-    return _BlendInputs(q_h, k_h, v_h, plain, block, block.keys.shape[-1], refs.head_dim ** -0.5)
-
-
-def _rba_fast(q, k, v, refs: ReferenceKV, owner, heads: int) -> torch.Tensor:
-    """Every pixel of every row is computed plain and blended with each reference that has kept
-    keys; torch.where picks per pixel. (R+1) full-query attentions, for callers without
-    concept_pixel_groups (finding the groups synchronises with the host); with them,
-    _rba_gathered does the same for the concepts' pixels only.
-
-    q, k, v: (B, N, C); owner: (B, N) long (concept_owner). Returns (B, N, C).
+    q_h, k_h, v_h, plain_h: (B, H, N, d); owner: (B, N) long (concept_owner). Returns (B, H, N, d).
     """
-    blended = [index for index in range(refs.num_refs) if refs.num_kept(index)]
-    if not blended:
-        return plain_attention(q, k, v, heads)
-    parts = _blend_inputs(q, k, v, refs, heads)
-    out, dim, width = parts.plain, parts.q_h.shape[-1], parts.width
-    q_ext = _extend_queries(parts.q_h, parts.block.query_tail)
-    own_k, own_v = _pad_heads(parts.k_h, width), _pad_heads(parts.v_h, width)
+    block = refs.folded(q_h)
+    scale, dim = refs.head_dim ** -0.5, q_h.shape[-1]
+    q_ext = _extend_queries(q_h, block.query_tail)
+    own_kv = _own_block(k_h, v_h, block.zeros)
     owner_h = owner[:, None, :, None]  # (B, 1, N, 1): broadcast over heads and channels
+    out = plain_h
     for index in blended:
-        span = refs.kept_slice(index)
-        blend = _joint_attention(q_ext, own_k, own_v, parts.block.keys[:, span], parts.block.values[:, span],
-                                 parts.scale, dim)
+        blend = _joint_attention(q_ext, own_kv, block.kv[:, refs.kept_slice(index)], scale, dim)
         out = torch.where(owner_h == index, blend, out)
-    return merge_heads(out).to(q.dtype)
+    return out
 
 
 def concept_pixel_groups(regions: torch.Tensor) -> tuple:
@@ -220,27 +207,30 @@ def pixel_groups_of_grids(regions_per_grid) -> list:
     return result
 
 
-def _rba_gathered(q, k, v, refs: ReferenceKV, groups, heads: int) -> torch.Tensor:
-    """Fast RBA on each concept's own pixels only: plain attention for all pixels, then each
-    concept's pixels are gathered, blended with its reference and written back. Same result as
+def _rba_gathered(q_h, k_h, v_h, refs: ReferenceKV, groups, out) -> None:
+    """Fast RBA on each concept's own pixels only: each concept's pixels are gathered, blended
+    with its reference and written into out, which holds plain attention. Same result as
     _rba_fast, for the arithmetic of the concepts' areas instead of R whole images; the group
     sizes are host ints (concept_pixel_groups), so nothing here synchronises.
 
-    q, k, v: (B, N, C); groups: concept_pixel_groups(regions). Returns (B, N, C).
+    q_h, k_h, v_h: (B, H, N, d); groups: concept_pixel_groups(regions); out: (B, N, H*d).
     """
-    parts = _blend_inputs(q, k, v, refs, heads)
-    out, dim, width = parts.plain, parts.q_h.shape[-1], parts.width
+    block = refs.folded(q_h)
+    scale, (heads, dim) = refs.head_dim ** -0.5, q_h.shape[1::2]
+    target = out if out.stride(-1) == 1 else out.contiguous()
+    target_h = target.view(*target.shape[:-1], heads, dim)  # (B, N, H, d)
     for row, row_groups in enumerate(groups):
-        own_k, own_v = _pad_heads(parts.k_h[row : row + 1], width), _pad_heads(parts.v_h[row : row + 1], width)
-        for index, pixels in enumerate(row_groups):
-            if pixels.numel() == 0 or refs.num_kept(index) == 0:
-                continue
-            span = refs.kept_slice(index)
-            q_ext = _extend_queries(parts.q_h[row : row + 1, :, pixels], parts.block.query_tail)
-            out[row : row + 1, :, pixels] = _joint_attention(
-                q_ext, own_k, own_v, parts.block.keys[:, span], parts.block.values[:, span], parts.scale, dim
-            )
-    return merge_heads(out).to(q.dtype)
+        active = [(index, pixels) for index, pixels in enumerate(row_groups)
+                  if pixels.numel() and refs.num_kept(index)]
+        if not active:
+            continue
+        q_ext = _extend_queries(q_h[row : row + 1], block.query_tail)
+        own_kv = _own_block(k_h[row : row + 1], v_h[row : row + 1], block.zeros)
+        for index, pixels in active:
+            blend = _joint_attention(q_ext[:, :, pixels], own_kv, block.kv[:, refs.kept_slice(index)], scale, dim)
+            target_h[row].index_copy_(0, pixels, blend[0].transpose(0, 1).to(target.dtype))
+    if target is not out:
+        out.copy_(target)
 
 
 def _rba_materialised(q, k, v, refs: ReferenceKV, owner, heads: int) -> torch.Tensor:
@@ -274,15 +264,18 @@ def _rba_materialised(q, k, v, refs: ReferenceKV, owner, heads: int) -> torch.Te
 
 
 def rba_attention(q, k, v, refs: ReferenceKV, regions, heads: int, impl: str = "auto",
-                  groups=None) -> torch.Tensor:
+                  groups=None, plain=None) -> torch.Tensor:
     """Region-grouped blend attention (late steps).
 
     q, k, v: (B, N, C) target rows; regions: (B, R, N) bool, concept i's pixels at this layer.
     Pixels owned by concept i (see concept_owner) attend to their own keys plus reference i's
     keys only (same bias rule); all other pixels get plain self-attention. When no pixel blends
-    (no region, or no kept key in the owning references) the result is plain_attention exactly.
+    (no region, or no kept key in the owning references) the result is plain attention exactly.
     groups: concept_pixel_groups(regions), made once per grid; with it the fast path computes
     the blend for each concept's pixels only instead of for every pixel R times.
+    plain: (B, N, C) these rows' plain self-attention (e.g. the host's own output for them); the
+    result is written into it and it is returned, so pixels outside every region keep exactly
+    the caller's values. None: plain_attention's, computed here.
     The fast path never synchronises with the host. Returns (B, N, C).
     """
     _check_refs(q, refs, heads)
@@ -290,9 +283,20 @@ def rba_attention(q, k, v, refs: ReferenceKV, regions, heads: int, impl: str = "
     batch, tokens, _ = q.shape
     if tuple(regions.shape) != (batch, refs.num_refs, tokens):
         raise ValueError(f"regions must be {(batch, refs.num_refs, tokens)}, got {tuple(regions.shape)}")
-    if fast and groups is not None:
-        if len(groups) != batch or any(len(row) != refs.num_refs for row in groups):
-            raise ValueError(f"groups must hold {refs.num_refs} pixel sets for each of {batch} rows")
-        return _rba_gathered(q, k, v, refs, groups, heads)
-    owner = concept_owner(regions.to(device=q.device, dtype=torch.bool))
-    return (_rba_fast if fast else _rba_materialised)(q, k, v, refs, owner, heads)
+    if groups is not None and (len(groups) != batch or any(len(row) != refs.num_refs for row in groups)):
+        raise ValueError(f"groups must hold {refs.num_refs} pixel sets for each of {batch} rows")
+    if not fast:
+        result = _rba_materialised(q, k, v, refs, concept_owner(regions.to(device=q.device, dtype=torch.bool)), heads)
+        return result if plain is None else plain.copy_(result)
+    if plain is None:
+        plain = plain_attention(q, k, v, heads)
+    dtype = compute_dtype(q)
+    q_h, k_h, v_h = (split_heads(t, heads, dtype) for t in (q, k, v))
+    if groups is not None:
+        _rba_gathered(q_h, k_h, v_h, refs, groups, plain)
+        return plain
+    blended = [index for index in range(refs.num_refs) if refs.num_kept(index)]
+    if blended:
+        owner = concept_owner(regions.to(device=q.device, dtype=torch.bool))
+        _write_heads(plain, _rba_fast(q_h, k_h, v_h, refs, owner, split_heads(plain, heads, dtype), blended))
+    return plain

@@ -40,4 +40,4 @@ def semantic_cfg_rate(uncond, cond, token_regions, fore, cfg: float, constants=N
 
 def semantic_cfg(uncond, cond, rate, cfg: float) -> torch.Tensor:
     """uncond + cfg * rate * (cond - uncond); rate (B, 1, H', W') broadcasts over channels."""
-    return uncond + cfg * rate * (cond - uncond)
+    return torch.addcmul(uncond, rate, cond - uncond, value=cfg)  # two kernels instead of four

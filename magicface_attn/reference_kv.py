@@ -8,22 +8,76 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from .heads_layout import padded_width
 
 
 @dataclass(frozen=True)
+class PackLayout:
+    """Which reference keys are kept. It depends on the mask and the weights only, so callers
+    compute it once per run and layer grid and reuse it at every step (see pack_layout).
+
+    key_mask: (R, M) bool, mask & (w != 0).
+    index: (K,) long flat positions r*M + m of the kept keys, reference-major, key order kept.
+    weights: (R,) float32.
+    offsets: R+1 Python ints; reference r owns packed positions offsets[r]:offsets[r+1].
+    fold_cache: fold_constants' tensors, reused at every step.
+    """
+
+    key_mask: torch.Tensor
+    index: torch.Tensor
+    weights: torch.Tensor
+    offsets: tuple
+    fold_cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def fold_constants(self, head_dim: int, like: torch.Tensor) -> "FoldConstants":
+        """The step-independent pieces of a FoldedBlock in like's dtype and device, made once."""
+        key = (head_dim, like.dtype, like.device)
+        constants = self.fold_cache.get(key)
+        if constants is None:
+            tokens = self.key_mask.shape[1]
+            extra = padded_width(head_dim + 2) - head_dim
+            every_key_bias = self.weights.to(like.device).repeat_interleave(tokens)
+            constants = self.fold_cache[key] = FoldConstants(
+                columns=fold_bias_columns(every_key_bias, head_dim ** -0.5, like.dtype),
+                query_tail=query_tail(extra, like),
+                zeros=torch.zeros(extra, dtype=like.dtype, device=like.device))
+        return constants
+
+
+class FoldConstants(NamedTuple):
+    """columns: (R*M, 2) fold_bias_columns of every reference key (dropped ones included, so the
+    fold can run before the kept keys are picked); query_tail: (e,) [1, 1, 0...]; zeros: (e,),
+    with e = width - d."""
+    columns: torch.Tensor
+    query_tail: torch.Tensor
+    zeros: torch.Tensor
+
+
+class FoldedBlock(NamedTuple):
+    """The kept reference keys and values in the fused attention's folded form, side by side in
+    one tensor so that joining them to an image's own keys and values is one concatenation.
+
+    kv: (heads, K, 2*width): [k, hi, lo, 0... | v, 0...], width = d + 2 padded to 8, with
+        hi + lo = w/scale (fold_bias_columns); keys are kv[..., :width], values kv[..., width:].
+    query_tail: (width - d,) [1, 1, 0...]: queries [q, tail] pick up hi + lo for reference keys
+        and 0 for the image's own keys, whose extra columns are `zeros`.
+    zeros: (width - d,) the extra columns of the image's own keys and values.
+    """
+    kv: torch.Tensor
+    query_tail: torch.Tensor
+    zeros: torch.Tensor
+
+
+@dataclass(frozen=True)
 class ReferenceKV:
-    """Prepared reference keys/values.
+    """Prepared reference keys/values of one layer.
 
     Dense form (materialised oracle path):
         keys, values: (R, M, C), C = heads*d head-major; M = h*w tokens of the layer.
         key_mask: (R, M) bool, True where the key takes part (inside the mask and w_i != 0).
         weights: (R,) float32 logit bias per reference.
-    Packed form (fast path): only the K kept keys, reference-major, key order preserved.
-        packed_keys, packed_values: (heads, K, d).
-        packed_bias: (K,) float32, w_i of the key's reference.
+    Packed form: only the K kept keys, reference-major, key order preserved (layout: PackLayout).
         offsets: R+1 Python ints; reference i owns packed positions offsets[i]:offsets[i+1].
     Folded form (what the fused attention reads): see folded().
     """
@@ -31,16 +85,13 @@ class ReferenceKV:
     heads: int
     keys: torch.Tensor
     values: torch.Tensor
-    key_mask: torch.Tensor
-    weights: torch.Tensor
-    packed_keys: torch.Tensor
-    packed_values: torch.Tensor
-    packed_bias: torch.Tensor
-    offsets: tuple
-    # Caches shared with the PackLayout (bias columns and query tail, reused every step) and of this object
-    # (its folded block, reused by every call that reads these references).
-    fold_cache: dict = field(default_factory=dict, compare=False, repr=False)
+    layout: PackLayout
+    # This object's folded blocks, reused by every call that reads these references.
     folded_blocks: dict = field(default_factory=dict, compare=False, repr=False)
+
+    key_mask = property(lambda self: self.layout.key_mask)
+    weights = property(lambda self: self.layout.weights)
+    offsets = property(lambda self: self.layout.offsets)
 
     @property
     def num_refs(self) -> int:
@@ -55,7 +106,7 @@ class ReferenceKV:
         return self.offsets[-1]
 
     def kept_slice(self, index: int) -> slice:
-        """Positions of reference `index`'s kept keys in the packed tensors."""
+        """Positions of reference `index`'s kept keys in the packed and folded tensors."""
         return slice(self.offsets[index], self.offsets[index + 1])
 
     def num_kept(self, index: int) -> int:
@@ -68,27 +119,16 @@ class ReferenceKV:
         excluded = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=self.keys.device)
         return torch.where(self.key_mask[index], weight, excluded)
 
-    def folded(self, like: torch.Tensor) -> "FoldedBlock":
-        """The packed references folded for the fused attention (FoldedBlock) in like's dtype
-        and device, width = head dim + 2 padded to 8. Made once per dtype and device: every
-        attention call reading these references (one per step, or several with reused
-        references) would otherwise rebuild them with about ten kernel launches."""
+    def folded(self, like: torch.Tensor) -> FoldedBlock:
+        """The kept references folded for the fused attention (FoldedBlock) in like's dtype and
+        device. Made once per dtype and device: every attention call reading these references
+        (one per step, or several with reused references) shares it."""
         cache_key = (like.dtype, like.device)
         block = self.folded_blocks.get(cache_key)
         if block is None:
-            scale = self.head_dim ** -0.5
-            columns_key = (scale, like.dtype, like.device)
-            columns = self.fold_cache.get(columns_key)
-            if columns is None:
-                columns = self.fold_cache[columns_key] = fold_bias_columns(
-                    self.packed_bias.to(like.device), scale, like.dtype)
-            extra = padded_width(self.head_dim + 2) - self.head_dim
-            tail_key = ("query tail", extra, like.dtype, like.device)
-            tail = self.fold_cache.get(tail_key)
-            if tail is None:
-                tail = self.fold_cache[tail_key] = query_tail(extra, like)
-            block = fold_block(self.packed_keys, self.packed_values, columns, tail)
-            self.folded_blocks[cache_key] = block
+            constants = self.layout.fold_constants(self.head_dim, like)
+            block = self.folded_blocks[cache_key] = fold_block(
+                self.keys, self.values, self.heads, self.layout.index, constants)
         return block
 
 
@@ -101,19 +141,6 @@ def fold_bias_columns(bias: torch.Tensor, scale: float, dtype: torch.dtype) -> t
     return torch.stack([high, (folded - high.float()).to(dtype)], dim=1)
 
 
-class FoldedBlock(NamedTuple):
-    """Reference keys/values in the fused attention's folded form, width = d + 2 padded to 8.
-
-    keys: (heads, K, width) [k, hi, lo, 0...] with hi + lo = w/scale (fold_bias_columns).
-    values: (heads, K, width) [v, 0...].
-    query_tail: (width - d,) [1, 1, 0...]: queries [q, tail] pick up hi + lo for reference keys
-        and 0 for the image's own keys, whose extra columns are zero.
-    """
-    keys: torch.Tensor
-    values: torch.Tensor
-    query_tail: torch.Tensor
-
-
 def query_tail(length: int, like: torch.Tensor) -> torch.Tensor:
     """(length,) [1, 1, 0...] in like's dtype and device."""
     tail = torch.zeros(length, dtype=like.dtype, device=like.device)
@@ -121,37 +148,22 @@ def query_tail(length: int, like: torch.Tensor) -> torch.Tensor:
     return tail
 
 
-def fold_block(ref_k, ref_v, columns, tail) -> FoldedBlock:
-    """ref_k, ref_v: (H, K, d); columns: (K, 2) fold_bias_columns; tail: query_tail, whose
-    dtype and device the block takes."""
-    heads, kept, _ = ref_k.shape
-    extra = tail.shape[0]
-    # One cat writes keys, bias columns and the zero padding (a pad would be a second copy).
-    zeros = tail[2:].expand(heads, kept, extra - 2)
-    keys = torch.cat([ref_k.to(device=tail.device, dtype=tail.dtype), columns.expand(heads, -1, -1), zeros], dim=-1)
-    values = F.pad(ref_v.to(device=tail.device, dtype=tail.dtype), (0, extra))
-    return FoldedBlock(keys, values, tail)
-
-
-@dataclass(frozen=True)
-class PackLayout:
-    """Which reference keys are kept. It depends on the mask and the weights only, so callers
-    compute it once per run and layer grid and reuse it at every step (see pack_layout).
-
-    key_mask: (R, M) bool, mask & (w != 0).
-    index: (K,) long flat positions r*M + m of the kept keys, reference-major, key order kept.
-    bias: (K,) float32, w_r of each kept key.
-    weights: (R,) float32.
-    offsets: R+1 Python ints; reference r owns packed positions offsets[r]:offsets[r+1].
-    fold_cache: ReferenceKV.folded's bias columns and query tail, cached across the steps.
-    """
-
-    key_mask: torch.Tensor
-    index: torch.Tensor
-    bias: torch.Tensor
-    weights: torch.Tensor
-    offsets: tuple
-    fold_cache: dict = field(default_factory=dict, compare=False, repr=False)
+def fold_block(keys, values, heads: int, index, constants: FoldConstants) -> FoldedBlock:
+    """keys, values: (R, M, heads*d); index: (K,) kept flat positions (PackLayout.index);
+    constants: PackLayout.fold_constants, whose dtype and device the block takes."""
+    refs, tokens, channels = keys.shape
+    flat = refs * tokens
+    dtype, device = constants.query_tail.dtype, constants.query_tail.device
+    key_part, value_part = (t.reshape(flat, heads, channels // heads).to(device=device, dtype=dtype)
+                            for t in (keys, values))
+    extra = constants.zeros.shape[0]
+    # One cat writes keys, bias columns, values and the zero padding of every reference key, one
+    # gather keeps the masked ones: two launches per layer and step instead of four.
+    every_key = torch.cat([key_part, constants.columns[:, None].expand(flat, heads, 2),
+                           constants.zeros[2:].expand(flat, heads, extra - 2),
+                           value_part, constants.zeros.expand(flat, heads, extra)], dim=-1)
+    kv = every_key.index_select(0, index).transpose(0, 1)
+    return FoldedBlock(kv, constants.query_tail, constants.zeros)
 
 
 def _host_weights(weights, refs: int) -> list:
@@ -181,7 +193,6 @@ def pack_layout(key_mask: torch.Tensor, weights, device=None) -> PackLayout:
     return PackLayout(
         key_mask=kept.to(device),
         index=torch.nonzero(kept.reshape(-1)).squeeze(1).to(device),
-        bias=weight_tensor.repeat_interleave(counts).to(device),
         weights=weight_tensor.to(device),
         offsets=tuple(offsets),
     )
@@ -212,20 +223,4 @@ def make_reference_kv(keys, values, key_mask, weights, heads: int, layout: PackL
     elif layout.index.device != keys.device:
         raise ValueError(f"layout lives on {layout.index.device}, keys on {keys.device}")
 
-    head_dim = channels // heads
-    # Gathering the kept flat positions keeps reference-major, then key order:
-    # (K, heads, d) -> (heads, K, d).
-    packed_keys = keys.reshape(refs * tokens, heads, head_dim).index_select(0, layout.index).permute(1, 0, 2)
-    packed_values = values.reshape(refs * tokens, heads, head_dim).index_select(0, layout.index).permute(1, 0, 2)
-    return ReferenceKV(
-        heads=heads,
-        keys=keys,
-        values=values,
-        key_mask=layout.key_mask,
-        weights=layout.weights,
-        packed_keys=packed_keys,
-        packed_values=packed_values,
-        packed_bias=layout.bias,
-        offsets=layout.offsets,
-        fold_cache=layout.fold_cache,
-    )
+    return ReferenceKV(heads=heads, keys=keys, values=values, layout=layout)

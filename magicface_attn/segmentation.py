@@ -50,12 +50,12 @@ def _resized(maps: torch.Tensor, hw, out_hw) -> torch.Tensor:
 
 
 def _grid_groups(layer_maps):
-    """{(h, w): [maps, ...]} in first-seen order; layers sharing a grid are processed together
-    (a few ops per grid instead of per layer: SDXL has up to 70 segmentation layers)."""
+    """{(h, w): (L, rows, h*w, T) maps} in first-seen order; layers sharing a grid are processed
+    together (a few ops per grid instead of per layer: SDXL has up to 70 segmentation layers)."""
     groups = {}
     for maps, hw in layer_maps:
-        groups.setdefault(tuple(hw), []).append(maps)
-    return groups
+        groups.setdefault(tuple(hw), []).append(maps if maps.dim() == 4 else maps[None])
+    return {hw: blocks[0] if len(blocks) == 1 else torch.cat(blocks) for hw, blocks in groups.items()}
 
 
 def _layer_sums(layer_maps, out_hw, rows: int, used, constants=None):
@@ -64,7 +64,7 @@ def _layer_sums(layer_maps, out_hw, rows: int, used, constants=None):
 
     Every grid's layers are resized to out_hw, then blurred and normalised together: a few
     kernels per step instead of per grid (launches, not arithmetic, are the cost here)."""
-    resized = [_resized(torch.stack(group), hw, out_hw) for hw, group in _grid_groups(layer_maps).items()]
+    resized = [_resized(maps, hw, out_hw) for hw, maps in _grid_groups(layer_maps).items()]
     grid = resized[0] if len(resized) == 1 else torch.cat(resized)
     grid = gaussian_blur(grid, constants).unflatten(0, (-1, rows))
     cond = grid[:, -1]
@@ -85,7 +85,8 @@ def segment(layer_maps, out_hw, concept_tokens, ca_scale: float, num_tokens_used
 
     layer_maps: list of (maps, (h, w)); maps (2, h*w, T) with row 0 = uncond target and row
         1 = cond target, or (1, h*w, T) = cond target only (no uncond branch: everything is
-        foreground). Maps are smooth_propagate outputs.
+        foreground); or (L, rows, h*w, T), L layers on one grid at once. Maps are
+        propagate_cross_maps outputs.
     out_hw: (H, W) output grid; the reference uses half the latent size (32x32 at 64x64).
     concept_tokens: per concept, its token positions (a multi-token word or phrase). All of
         them are exempt from ca_scale; the concept wins a pixel when any of its tokens has the
@@ -99,11 +100,11 @@ def segment(layer_maps, out_hw, concept_tokens, ca_scale: float, num_tokens_used
     """
     if not layer_maps:
         raise ValueError("segment needs at least one layer")
-    rows = layer_maps[0][0].shape[0]
-    if rows not in (1, 2) or any(maps.shape[0] != rows for maps, _ in layer_maps):
+    rows = layer_maps[0][0].shape[-3]
+    if rows not in (1, 2) or any(maps.dim() not in (3, 4) or maps.shape[-3] != rows for maps, _ in layer_maps):
         raise ValueError("every layer needs the same 1 (cond) or 2 (uncond, cond) rows")
     token_sum, fore_sum = _layer_sums(layer_maps, out_hw, rows, num_tokens_used, constants)
-    count = len(layer_maps)
+    count = sum(maps.shape[0] if maps.dim() == 4 else 1 for maps, _ in layer_maps)
     token_scores = token_sum / count
     tokens = token_scores.shape[0]
     used = tokens if num_tokens_used is None else num_tokens_used

@@ -75,6 +75,34 @@ def test_rba_gathered_matches_materialised_and_groups_follow_the_owner(case):
     assert torch.equal(gathered[outside], mf.plain_attention(q, k, v, heads)[outside])
 
 
+@PROPERTY
+@given(attention_case(), st.booleans())
+def test_results_go_into_the_callers_rows_of_a_larger_output(case, gathered):
+    """What the attention hook does: the host's output for the whole batch holds plain
+    attention, RSA overwrites the target's rows of it, RBA only the concepts' pixels there."""
+    q, k, v, refs, regions, heads = case
+    batch = q.shape[0]
+    host_out = torch.randn(batch + 2, *q.shape[1:])  # other rows around the target's
+    host_out[1 : 1 + batch] = mf.plain_attention(q, k, v, heads) + 0.5  # not what the core would compute
+    before = host_out.clone()
+    target = host_out[1 : 1 + batch]
+    assert mf.rsa_attention(q, k, v, refs, heads, out=target) is target
+    torch.testing.assert_close(target, mf.rsa_attention(q, k, v, refs, heads), rtol=0, atol=0)
+    assert torch.equal(host_out[0], before[0]) and torch.equal(host_out[1 + batch :], before[1 + batch :])
+
+    host_out.copy_(before)
+    groups = mf.concept_pixel_groups(regions) if gathered else None
+    assert mf.rba_attention(q, k, v, refs, regions, heads, groups=groups, plain=target) is target
+    blended = mf.concept_owner(regions) >= 0
+    for index in range(refs.num_refs):
+        if refs.num_kept(index) == 0:
+            blended &= mf.concept_owner(regions) != index
+    expected = mf.rba_attention(q, k, v, refs, regions, heads, groups=groups)
+    assert torch.equal(target[~blended], before[1 : 1 + batch][~blended])  # the caller's plain values
+    torch.testing.assert_close(target[blended], expected[blended], rtol=0, atol=0)
+    assert torch.equal(host_out[0], before[0]) and torch.equal(host_out[1 + batch :], before[1 + batch :])
+
+
 def test_rba_rejects_groups_of_other_regions():
     q, k, v = (torch.randn(1, 6, 4) for _ in range(3))
     refs = mf.make_reference_kv(torch.randn(2, 6, 4), torch.randn(2, 6, 4), torch.ones(2, 6, dtype=torch.bool), [2.0, 3.0], 1)
@@ -128,8 +156,11 @@ def test_precomputed_layout_gives_the_same_references(case):
     layout = mf.pack_layout(refs.key_mask, torch.tensor(weights))
     with_layout = mf.make_reference_kv(refs.keys, refs.values, refs.key_mask, weights, heads, layout=layout)
     assert with_layout.offsets == refs.offsets
-    for name in ("keys", "values", "key_mask", "weights", "packed_keys", "packed_values", "packed_bias"):
+    for name in ("keys", "values", "key_mask", "weights"):
         assert torch.equal(getattr(with_layout, name), getattr(refs, name)), name
+    like = torch.empty(0)
+    for got, expected in zip(with_layout.folded(like), refs.folded(like)):
+        assert torch.equal(got, expected)
 
 
 def test_pack_layout_packs_reference_major_and_drops_zero_weights():
@@ -137,7 +168,7 @@ def test_pack_layout_packs_reference_major_and_drops_zero_weights():
     layout = mf.pack_layout(mask, [1.5, 0.0, 2.0])
     assert layout.offsets == (0, 2, 2, 4)
     assert layout.index.tolist() == [0, 2, 7, 8]
-    assert layout.bias.tolist() == [1.5, 1.5, 2.0, 2.0]
+    assert layout.weights.tolist() == [1.5, 0.0, 2.0]
     assert torch.equal(layout.key_mask, mask & torch.tensor([True, False, True])[:, None])
 
 
@@ -247,10 +278,10 @@ def test_fused_half_attention_applies_the_bias(dtype):
     heads, dim, own, kept, weight = 1, 64, 32, 8, 2.54
     q = torch.randn(1, heads, 1, dim, dtype=dtype)
     zeros = torch.zeros(1, heads, own, dim, dtype=dtype)
-    ref_values = torch.ones(heads, kept, dim, dtype=dtype)
-    columns = mf.reference_kv.fold_bias_columns(torch.full((kept,), weight), dim ** -0.5, dtype)
-    tail = mf.reference_kv.query_tail(mf.heads_layout.padded_width(dim + 2) - dim, q)
-    block = mf.reference_kv.fold_block(torch.zeros(heads, kept, dim, dtype=dtype), ref_values, columns, tail)
+    layout = mf.pack_layout(torch.ones(1, kept, dtype=torch.bool), [weight])
+    block = mf.reference_kv.fold_block(torch.zeros(1, kept, heads * dim, dtype=dtype),
+                                       torch.ones(1, kept, heads * dim, dtype=dtype), heads, layout.index,
+                                       layout.fold_constants(dim, q))
     out = mf.attention._fold_bias_attention(q, zeros, zeros, block, dim ** -0.5)
     share = torch.tensor(weight, dtype=torch.float64).exp()
     expected = (kept * share / (own + kept * share)).to(dtype).double()

@@ -25,10 +25,11 @@ def test_folded_block_is_made_once_per_references_and_bias_columns_once_per_layo
     torch.testing.assert_close(mf.rsa_attention(q, q, q, step_one, 2), out, rtol=0, atol=0)
     # The next step's references share the layout: new keys, the same bias columns object.
     step_two, _ = _references(1, layout)
-    columns = dict(step_one.fold_cache)
+    constants = dict(layout.fold_cache)
+    assert constants  # step one's fold made them
     mf.rsa_attention(q, q, q, step_two, 2)
-    assert step_two.fold_cache is step_one.fold_cache
-    assert all(step_two.fold_cache[key] is value for key, value in columns.items())
+    assert step_two.layout is step_one.layout
+    assert all(layout.fold_cache[key] is value for key, value in constants.items())
     # A fresh ReferenceKV without a layout gives the same result as the reused pieces.
     fresh = mf.make_reference_kv(step_two.keys, step_two.values, mask, [2.5, 1.2], 2)
     torch.testing.assert_close(mf.rsa_attention(q, q, q, fresh, 2), mf.rsa_attention(q, q, q, step_two, 2),

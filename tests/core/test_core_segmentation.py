@@ -15,14 +15,22 @@ PROPERTY = settings(derandomize=True, database=None, deadline=None, max_examples
     st.integers(1, 2), st.sampled_from([(1, 8), (2, 5), (3, 16)]), st.integers(2, 9), st.integers(2, 9),
     st.sampled_from([1, 7, 77]), st.integers(0, 999),
 )
-def test_smooth_propagate_fast_matches_materialised(batch, head_shape, h, w, tokens, seed):
+def test_propagate_cross_maps_fast_matches_materialised(batch, head_shape, h, w, tokens, seed):
     heads, dim = head_shape
     gen = torch.Generator().manual_seed(seed)
-    q, k = (torch.randn(batch, h * w, heads * dim, generator=gen) for _ in range(2))
-    cross = torch.rand(batch, h * w, tokens, generator=gen).softmax(dim=-1)
-    fast = mf.smooth_propagate(q, k, cross, heads, impl="fast")
-    plain = mf.smooth_propagate(q, k, cross, heads, impl="plain")
+    q, k, q_cross = (torch.randn(batch, h * w, heads * dim, generator=gen) for _ in range(3))
+    text = torch.randn(batch, tokens, heads * dim, generator=gen)
+    constants = {}
+    fast = mf.propagate_cross_maps(q, k, q_cross, text, heads, impl="fast", constants=constants)
+    plain = mf.propagate_cross_maps(q, k, q_cross, text, heads, impl="plain")
     torch.testing.assert_close(fast, plain, atol=1e-6, rtol=1e-5)
+    # The plain form is the definition: smoothed self-attention times head-mean cross-attention.
+    q_h, k_h = (x.view(batch, h * w, heads, dim).transpose(1, 2) for x in (q, k))
+    self_probs = (q_h @ k_h.transpose(-1, -2) * dim ** -0.5).softmax(-1).mean(1)
+    expected = mf.propagate_with_probs(self_probs, mf.head_mean_cross_probs(q_cross, text, heads))
+    torch.testing.assert_close(plain, expected, atol=1e-6, rtol=1e-5)
+    again = mf.propagate_cross_maps(q, k, q_cross, text, heads, impl="fast", constants=constants)
+    assert len(constants) == 1 and torch.equal(again, fast)  # the identity values are made once
 
 
 def test_propagation_is_a_plus_three_a_squared_over_four():
@@ -65,6 +73,18 @@ def test_non_square_shapes_with_several_layer_resolutions(rows):
     if rows == 1:
         assert seg.fore.all()
     assert seg.token_regions.any(dim=0).logical_or(~seg.fore).all()
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_layers_given_stacked_per_grid_segment_as_given_one_by_one(rows):
+    """The glue hands segment each grid's layers as one (L, rows, N, T) tensor."""
+    gen = torch.Generator().manual_seed(11)
+    grids = [((4, 6), 3), ((8, 12), 2), ((4, 6), 1)]
+    stacked = [(torch.rand(count, rows, h * w, 9, generator=gen).softmax(-1), (h, w)) for (h, w), count in grids]
+    one_by_one = [(layer, hw) for maps, hw in stacked for layer in maps]
+    together, alone = (mf.segment(layers, (8, 12), [[2], [5, 6]], ca_scale=0.5) for layers in (stacked, one_by_one))
+    for name in ("token_scores", "token_regions", "fore", "concept_regions", "labels"):
+        torch.testing.assert_close(getattr(together, name), getattr(alone, name), rtol=1e-6, atol=1e-6)
 
 
 def test_multi_token_concept_wins_where_its_best_token_wins():

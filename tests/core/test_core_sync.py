@@ -131,8 +131,7 @@ def test_per_step_paths_do_not_synchronise(device):
         if groups is not None:
             mf.rba_attention(q, k, v, refs, regions, heads, groups=groups)
         mf.concept_owner(regions)
-        cross = mf.head_mean_cross_probs(q, text, heads)
-        mf.smooth_propagate(q, k, cross, heads, impl="fast")
+        mf.propagate_cross_maps(q, k, q, text, heads, impl="fast")
         seg = mf.segment(layers, (8, 12), [[2], [3, 5]], ca_scale=0.5, num_tokens_used=6)
         rate = mf.semantic_cfg_rate(eps[:1], eps[1:], seg.token_regions[None], seg.fore[None], 7.5)
         mf.semantic_cfg(eps[:1], eps[1:], rate, 7.5)
