@@ -65,3 +65,9 @@ def uncond_half_rows(cond_or_uncond, chunk: int, device) -> BatchRows:
     uncond = [row for row, flag in enumerate(flags) if flag == keys.UNCOND_FLAG][:chunk]
     return BatchRows(cond=slice(0, 0), cond_elements=None, seg=_selector(uncond, device), seg_layout=SEG_UNCOND,
                      refs=None, total=len(flags))
+
+
+def stack_elements(tensors) -> torch.Tensor:
+    """torch.stack of per-batch-element tensors; a view when there is one (the usual batch of
+    one image), which saves a copy per step."""
+    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)

@@ -15,6 +15,7 @@ import logging
 
 import torch
 
+from .batch_rows import stack_elements
 from .concepts import _SharedOnCopy
 from ..magicface_attn import semantic_cfg, semantic_cfg_rate
 
@@ -34,8 +35,8 @@ def _step_segmentation(run, sigma, rows: int, scale: float):
 
 
 def _rate(run, segmentation, uncond, cond, scale: float):
-    token_regions = torch.stack([s.token_regions for s in segmentation]).to(cond.device)
-    fore = torch.stack([s.fore for s in segmentation]).to(cond.device)
+    token_regions = stack_elements([s.token_regions for s in segmentation]).to(cond.device)
+    fore = stack_elements([s.fore for s in segmentation]).to(cond.device)
     return semantic_cfg_rate(uncond, cond, token_regions, fore, scale, run.device_constants).to(cond.dtype)
 
 

@@ -12,11 +12,9 @@ Hooks installed (all wrap what was there before, never overwrite it):
   starts at the first model call whose sigma is above the previous one, and the previous
   run's state is released then.
 """
-import torch
-
 from . import keys
 from .attention_hooks import CrossAttentionHook, SelfAttentionHook, prepare_rba_regions
-from .batch_rows import batch_rows, uncond_half_rows
+from .batch_rows import batch_rows, stack_elements, uncond_half_rows
 from .concepts import _SharedOnCopy
 from .guidance_hook import SemanticGuidanceBackstop, SemanticGuidanceHook
 from .host import add_outer_sample_wrapper, get_attention_replace, has_outer_sample_wrapper
@@ -244,4 +242,4 @@ class ModelCallHook(_SharedOnCopy):
         segmentation = run.segmentation_before(sigma)
         if segmentation is None:
             return None
-        return torch.stack([s.concept_regions for s in segmentation])
+        return stack_elements([s.concept_regions for s in segmentation])

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from . import keys
-from .batch_rows import SEG_COND, SEG_PAIRS, SEG_UNCOND, row_flags
+from .batch_rows import SEG_COND, SEG_PAIRS, SEG_UNCOND, row_flags, stack_elements
 from .errors import MagicFaceInputError
 from .layers import layer_hw
 from .propagation_queue import PropagationQueue
@@ -258,7 +258,7 @@ class MagicFaceRun:
         self.segmentations.append((sigma, per_element))
         # Kept on the device: moving them to the CPU here would synchronise every step.
         self.label_history = [(s, labels) for s, labels in self.label_history if not same_sigma(s, sigma)]
-        self.label_history.append((sigma, torch.stack([seg.labels for seg in per_element])))
+        self.label_history.append((sigma, stack_elements([seg.labels for seg in per_element])))
         # Only the current and the previous step are ever read back.
         del self.segmentations[:-KEPT_SEGMENTATIONS]
         self.calls[("segmentation", "step")] += 1

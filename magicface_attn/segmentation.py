@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .constants import CA_SCALE_FOREGROUND_THRESHOLD, NORM_EPS, START_TOKEN
+from .device_constants import cached_constant
 from .smoothing import gaussian_blur
 
 
@@ -58,6 +59,15 @@ def _grid_groups(layer_maps):
     return {hw: blocks[0] if len(blocks) == 1 else torch.cat(blocks) for hw, blocks in groups.items()}
 
 
+def _token_factors(tokens: int, ca_scale: float, concept_set, device) -> torch.Tensor:
+    """(T, 1, 1): ca_scale, 1.0 at the concept tokens. Filled in place through Python-int views:
+    list or boolean indexing would copy an index to the device or synchronise with it."""
+    factors = torch.full((tokens, 1, 1), float(ca_scale), device=device)
+    for token in concept_set:
+        factors[token].fill_(1.0)  # x * 1.0 == x exactly
+    return factors
+
+
 def _layer_sums(layer_maps, out_hw, rows: int, used, constants=None):
     """Sums over all layers of the mean-normalised cond token maps (T, H, W) and, with an
     uncond row, of the normalised [start token, other tokens] maps (2, H, W) (else None).
@@ -95,7 +105,7 @@ def segment(layer_maps, out_hw, concept_tokens, ca_scale: float, num_tokens_used
         regions are restricted to the foreground.
     num_tokens_used: tokens [0, num_tokens_used) take part in the argmax and the foreground sum
         (e.g. to ignore padding); None = all T tokens, as the reference.
-    constants: see device_constants (a per-run cache of the blur kernel).
+    constants: see device_constants (a per-run cache of the blur kernel, token factors, indices).
     Never synchronises with the device.
     """
     if not layer_maps:
@@ -113,11 +123,9 @@ def segment(layer_maps, out_hw, concept_tokens, ca_scale: float, num_tokens_used
     concept_set = sorted({t for group in concept_tokens for t in group})
     if any(not 0 <= t < used for t in concept_set):
         raise ValueError(f"concept tokens {concept_set} outside 0..{used - 1}")
-    # Per-token factors filled in place through Python-int views: list or boolean indexing
-    # would copy an index to the device or synchronise with it. x * 1.0 == x exactly.
-    factors = torch.full((tokens, 1, 1), float(ca_scale), device=token_scores.device)
-    for token in concept_set:
-        factors[token].fill_(1.0)
+    device = token_scores.device
+    factors = cached_constant(constants, ("token factors", tokens, float(ca_scale), tuple(concept_set), device),
+                              lambda: _token_factors(tokens, ca_scale, concept_set, device))
     token_scores = token_scores * factors
 
     top = token_scores[:used].max(dim=0).values
@@ -139,5 +147,7 @@ def segment(layer_maps, out_hw, concept_tokens, ca_scale: float, num_tokens_used
         if len(group) > 1:
             won = torch.stack([token_regions[token] for token in group]).any(dim=0)
         labels = torch.where(won, index, labels)
-    concept_regions = labels[None] == torch.arange(len(concept_tokens), device=top.device)[:, None, None]
+    concept_indices = cached_constant(constants, ("concept indices", len(concept_tokens), device),
+                                      lambda: torch.arange(len(concept_tokens), device=device)[:, None, None])
+    concept_regions = labels[None] == concept_indices
     return Segmentation(token_scores, token_regions, fore_scores, fore, concept_regions, labels)

@@ -286,3 +286,35 @@ def test_fused_half_attention_applies_the_bias(dtype):
     share = torch.tensor(weight, dtype=torch.float64).exp()
     expected = (kept * share / (own + kept * share)).to(dtype).double()
     assert (out.double() - expected).abs().max() <= 2e-3 * expected
+
+
+# On a GPU the fused kernels read the folded keys and values as two views of one tensor and the
+# propagation uses identity values; only a GPU shows that its kernels accept them. CI has none:
+# the device check of a lent GPU runs this with `-k cuda`.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fast_paths_on_the_device_match_the_float32_definitions(device):
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    tolerance = dict(atol=5e-3, rtol=5e-3) if dtype == torch.float16 else dict(atol=1e-5, rtol=1e-5)
+    gen = torch.Generator().manual_seed(4)
+    heads, dim, tokens, weights = 4, 64, 256, [2.5, 1.5]
+    q, k, v, q_cross = (torch.randn(2, tokens, heads * dim, generator=gen) for _ in range(4))
+    ref_k, ref_v = (torch.randn(2, tokens, heads * dim, generator=gen) for _ in range(2))
+    text = torch.randn(2, 77, heads * dim, generator=gen)
+    masks = torch.rand(2, tokens, generator=gen) < 0.5
+    regions = torch.rand(2, 2, tokens, generator=gen) < 0.4
+    refs = mf.make_reference_kv(ref_k, ref_v, masks, weights, heads)
+    on = lambda t: t.to(device, dtype)  # noqa: E731
+    refs_on = mf.make_reference_kv(on(ref_k), on(ref_v), masks.to(device), weights, heads)
+    groups = mf.concept_pixel_groups(regions.to(device))
+    checks = [
+        (mf.rsa_attention(on(q), on(k), on(v), refs_on, heads), mf.rsa_attention(q, k, v, refs, heads, impl="plain")),
+        (mf.rba_attention(on(q), on(k), on(v), refs_on, regions.to(device), heads, groups=groups),
+         mf.rba_attention(q, k, v, refs, regions, heads, impl="plain")),
+        (mf.propagate_cross_maps(on(q), on(k), on(q_cross), on(text), heads) * 77,  # maps average 1/77
+         mf.propagate_cross_maps(q, k, q_cross, text, heads, impl="plain") * 77),
+    ]
+    for got, expected in checks:
+        torch.testing.assert_close(got.float().cpu(), expected, **tolerance)
