@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -33,7 +34,8 @@ sys.path.insert(0, str(BENCH_DIR))  # its sibling modules, also under python -P
 
 from pipeline_models import SPECS, build_model_patcher, conditioning, glue, make_plan, patched_model  # noqa: E402
 from pipeline_probe import (  # noqa: E402
-    PARTS, PartTimer, count_kernel_ops, device_busy_seconds, instrumented, peak_memory_mib, timed,
+    PARTS, PartTimer, count_kernel_ops, device_busy_seconds, instrumented, kernel_ops_by_function,
+    peak_memory_mib, timed,
 )
 
 SAMPLER, SCHEDULER, SEED = "euler", "normal", 7
@@ -65,6 +67,8 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU intra-op threads (default 1: on a shared, loaded CPU more threads wait on "
                              "each other at every op and timings explode)")
+    parser.add_argument("--ops-by-function", action="store_true",
+                        help="also count the largest R's extra kernel ops per step by the pack function issuing them")
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
     parser.add_argument("--gpu-busy", action="store_true",
                         help="CUDA: one more profiled run of plain and of the largest R for the GPU busy share (torch.profiler)")
@@ -122,6 +126,7 @@ class Variant:
         self.syncs = None
         self.kernel_ops = None
         self.busy_s = None
+        self.ops_by_function = None
 
     @property
     def exact(self) -> bool:
@@ -200,6 +205,8 @@ def bench_model(name, args, device, dtype):
     for index, variant in enumerate(variants):
         run = lambda: _run_variant(variant, positive, negative, latent, args, device)  # noqa: E731
         variant.kernel_ops = count_kernel_ops(run) / args.steps
+        if args.ops_by_function and index in (0, len(args.concept_counts)):  # plain and the largest coupled R
+            variant.ops_by_function = kernel_ops_by_function(run)
         if device.type == "cuda":
             variant.syncs = count_host_syncs(run)
             # Profiled runs take several times a plain one: plain and the largest coupled R only.
@@ -305,7 +312,8 @@ def render(results, args, device, dtype):
             slope = _slope(xs, ys)
             lines += ["", f"Slope of time vs R: {slope:.3f}x plain per extra concept "
                           f"({slope * plain_s:.3f} s per concept per image)."]
-        lines += _breakdown_lines(variants, plain_s) + _coupling_lines(coupling) + _stage_lines(variants) + [""]
+        lines += _breakdown_lines(variants, plain_s) + _ops_lines(variants, args.steps) + _coupling_lines(coupling)
+        lines += _stage_lines(variants) + [""]
     return "\n".join(lines)
 
 
@@ -326,6 +334,24 @@ def _breakdown_lines(variants, plain_s):
                                                               variant.parts.total]
         cells = [f"{seconds:.3f} ({100 * seconds / plain_s:.0f} %)" for seconds in parts]
         lines.append(f"| {variant.label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _ops_lines(variants, steps: int, rows: int = 16):
+    counted = [v for v in variants if v.ops_by_function is not None]
+    if len(counted) < 2:
+        return []
+    plain, largest = counted[0], counted[-1]
+    extra = Counter(largest.ops_by_function)
+    extra.subtract(plain.ops_by_function)
+    ranked = sorted(((name, count) for name, count in extra.items() if count), key=lambda item: -abs(item[1]))
+    lines = ["", f"Extra kernel ops per step of {largest.label} by the pack function issuing them "
+                 "('host': the UNet's own, fewer where MagicFace replaced its attention calls):", "",
+             "| function | ops per step |", "|---|---|"]
+    lines += [f"| {name} | {count / steps:.1f} |" for name, count in ranked[:rows]]
+    if len(ranked) > rows:
+        rest = sum(count for _, count in ranked[rows:])
+        lines.append(f"| {len(ranked) - rows} more | {rest / steps:.1f} |")
     return lines
 
 

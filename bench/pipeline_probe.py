@@ -4,8 +4,10 @@ The breakdown wraps the pack's functions from outside (the product code has no t
 each wrapper synchronises the device around its part, so it is only installed for a separate
 breakdown run and never during the timed runs.
 """
+import os
+import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from contextlib import contextmanager
 
 import torch
@@ -123,14 +125,35 @@ def instrumented(timer: PartTimer):
             setattr(owner, name, original)
 
 
+# Frames of these pack folders own an op; the model wrapper (patch.py's __call__) only calls the
+# UNet, so the UNet's ops under it count as the host's.
+_PACK_FOLDERS = tuple(f"{os.sep}{name}{os.sep}" for name in ("comfy_glue", "magicface_attn"))
+_WRAPPER = (f"{os.sep}comfy_glue{os.sep}patch.py", "__call__")
+
+
+def _pack_caller() -> str:
+    """'folder/file.py:function' of the innermost pack frame on the stack, else 'host'."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        path, name = frame.f_code.co_filename, frame.f_code.co_name
+        folder = next((f for f in _PACK_FOLDERS if f in path), None)
+        if folder is not None and not (path.endswith(_WRAPPER[0]) and name == _WRAPPER[1]):
+            return f"{folder.strip(os.sep)}/{path.rsplit(os.sep, 1)[-1]}:{name}"
+        frame = frame.f_back
+    return "host"
+
+
 class _KernelOpCounter(TorchDispatchMode):
-    def __init__(self):
+    def __init__(self, by_function: bool):
         super().__init__()
         self.count = 0
+        self.by_function = Counter() if by_function else None
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if not func.is_view:
             self.count += 1
+            if self.by_function is not None:
+                self.by_function[_pack_caller()] += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -138,9 +161,17 @@ def count_kernel_ops(fn) -> int:
     """Tensor ops other than views during fn(): on a GPU about one kernel launch each, so where
     the host's Python and launches bound the run (SD1.5 on an H100) time follows this count.
     Counted in a separate run, on any device."""
-    with _KernelOpCounter() as counter:
+    with _KernelOpCounter(by_function=False) as counter:
         fn()
     return counter.count
+
+
+def kernel_ops_by_function(fn) -> Counter:
+    """count_kernel_ops of fn() split by the pack function that issued each op ('host' for the
+    UNet's and the sampler's own): where MagicFace's launches come from."""
+    with _KernelOpCounter(by_function=True) as counter:
+        fn()
+    return counter.by_function
 
 
 def device_busy_seconds(fn, device: torch.device, table_path=None):

@@ -216,7 +216,7 @@ def _rba_gathered(q_h, k_h, v_h, refs: ReferenceKV, groups, out) -> None:
     q_h, k_h, v_h: (B, H, N, d); groups: concept_pixel_groups(regions); out: (B, N, H*d).
     """
     block = refs.folded(q_h)
-    scale, (heads, dim) = refs.head_dim ** -0.5, q_h.shape[1::2]
+    scale, heads, dim = refs.head_dim ** -0.5, q_h.shape[1], q_h.shape[-1]
     target = out if out.stride(-1) == 1 else out.contiguous()
     target_h = target.view(*target.shape[:-1], heads, dim)  # (B, N, H, d)
     for row, row_groups in enumerate(groups):

@@ -16,7 +16,8 @@ RATIO_ROW = re.compile(r"^\| (R=\d+) \| [\d.]+ \| ([^ |]+)x \|", re.MULTILINE)
 def test_tiny_pipeline_bench_writes_finite_table(tmp_path):
     out = tmp_path / "perf.md"
     command = [sys.executable, str(REPO_ROOT / "bench" / "bench_pipeline.py"), "--tiny", "--models", "sd15",
-               "--concepts", "1,2", "--no-coupling", "--separate", "--reference-every", "2", "--out", str(out)]
+               "--concepts", "1,2", "--no-coupling", "--separate", "--reference-every", "2", "--ops-by-function",
+               "--out", str(out)]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=170)
     assert done.returncode == 0, done.stderr[-3000:]
     table = out.read_text()
@@ -35,3 +36,6 @@ def test_tiny_pipeline_bench_writes_finite_table(tmp_path):
     ops = dict(re.findall(r"^\| (plain|R=\d+) \|(?: [^|]*\|){5} (\d+) \|", table, re.MULTILINE))
     assert set(ops) == {"plain", "R=1", "R=2"}, table
     assert int(ops["plain"]) > 0 and int(ops["R=1"]) > int(ops["plain"]), ops
+    # ... and, split by the pack function issuing them, the joined attention is among them.
+    by_function = dict(re.findall(r"^\| ([\w/.<>]+:[\w<>]+) \| (-?[\d.]+) \|$", table, re.MULTILINE))
+    assert float(by_function.get("magicface_attn/attention.py:_joint_attention", 0)) > 0, table
