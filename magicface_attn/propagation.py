@@ -85,4 +85,4 @@ def propagate_cross_maps(q_self, k_self, q_cross, k_text, heads: int, impl: str 
     cross_quarter = _head_mean_attention(q_c, k_t, quarter_identity.expand(q_c.shape[0], -1, -1), dim, dtype)
     once = _head_mean_attention(q_s, k_s, cross_quarter, dim, dtype)
     twice = _head_mean_attention(q_s, k_s, once, dim, torch.float32)
-    return torch.add(once, twice, alpha=3)[..., :tokens]  # float32: twice is
+    return torch.add(once, twice, alpha=3)[..., :tokens]  # float32, as twice is

@@ -50,12 +50,13 @@ def _resized(maps: torch.Tensor, hw, out_hw) -> torch.Tensor:
     return grid
 
 
-def _grid_groups(layer_maps):
-    """{(h, w): (L, rows, h*w, T) maps} in first-seen order; layers sharing a grid are processed
-    together (a few ops per grid instead of per layer: SDXL has up to 70 segmentation layers)."""
+def _grid_groups(layer_blocks):
+    """[((L, rows, h*w, T) maps, (h, w))] -> {(h, w): maps of all its layers} in first-seen order;
+    layers sharing a grid are processed together (a few ops per grid instead of per layer: SDXL
+    has up to 70 segmentation layers)."""
     groups = {}
-    for maps, hw in layer_maps:
-        groups.setdefault(tuple(hw), []).append(maps if maps.dim() == 4 else maps[None])
+    for maps, hw in layer_blocks:
+        groups.setdefault(tuple(hw), []).append(maps)
     return {hw: blocks[0] if len(blocks) == 1 else torch.cat(blocks) for hw, blocks in groups.items()}
 
 
@@ -68,13 +69,13 @@ def _token_factors(tokens: int, ca_scale: float, concept_set, device) -> torch.T
     return factors
 
 
-def _layer_sums(layer_maps, out_hw, rows: int, used, constants=None):
+def _layer_sums(layer_blocks, out_hw, rows: int, used, constants=None):
     """Sums over all layers of the mean-normalised cond token maps (T, H, W) and, with an
     uncond row, of the normalised [start token, other tokens] maps (2, H, W) (else None).
 
     Every grid's layers are resized to out_hw, then blurred and normalised together: a few
     kernels per step instead of per grid (launches, not arithmetic, are the cost here)."""
-    resized = [_resized(maps, hw, out_hw) for hw, maps in _grid_groups(layer_maps).items()]
+    resized = [_resized(maps, hw, out_hw) for hw, maps in _grid_groups(layer_blocks).items()]
     grid = resized[0] if len(resized) == 1 else torch.cat(resized)
     grid = gaussian_blur(grid, constants).unflatten(0, (-1, rows))
     cond = grid[:, -1]
@@ -113,8 +114,9 @@ def segment(layer_maps, out_hw, concept_tokens, ca_scale: float, num_tokens_used
     rows = layer_maps[0][0].shape[-3]
     if rows not in (1, 2) or any(maps.dim() not in (3, 4) or maps.shape[-3] != rows for maps, _ in layer_maps):
         raise ValueError("every layer needs the same 1 (cond) or 2 (uncond, cond) rows")
-    token_sum, fore_sum = _layer_sums(layer_maps, out_hw, rows, num_tokens_used, constants)
-    count = sum(maps.shape[0] if maps.dim() == 4 else 1 for maps, _ in layer_maps)
+    layer_blocks = [(maps if maps.dim() == 4 else maps[None], hw) for maps, hw in layer_maps]
+    token_sum, fore_sum = _layer_sums(layer_blocks, out_hw, rows, num_tokens_used, constants)
+    count = sum(maps.shape[0] for maps, _ in layer_blocks)
     token_scores = token_sum / count
     tokens = token_scores.shape[0]
     used = tokens if num_tokens_used is None else num_tokens_used
