@@ -15,14 +15,11 @@ exact, coupled result of the same seed.
 """
 import argparse
 import dataclasses
-import datetime
 import math
-import platform
 import statistics
 import sys
 import tempfile
 import warnings
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -34,11 +31,11 @@ sys.path.insert(0, str(BENCH_DIR))  # its sibling modules, also under python -P
 
 from pipeline_models import SPECS, build_model_patcher, conditioning, glue, make_plan, patched_model  # noqa: E402
 from pipeline_probe import (  # noqa: E402
-    PARTS, PartTimer, count_kernel_ops, device_busy_seconds, instrumented, kernel_ops_by_function,
-    peak_memory_mib, timed,
+    PartTimer, count_kernel_ops, device_busy_seconds, instrumented, kernel_ops_by_function, peak_memory_mib, timed,
 )
+from pipeline_report import SAMPLER, SCHEDULER, median_ratio, render  # noqa: E402
 
-SAMPLER, SCHEDULER, SEED = "euler", "normal", 7
+SEED = 7
 
 
 def parse_args(argv=None):
@@ -262,128 +259,6 @@ def measure_coupling(base, spec, args, device, positive):
     return results
 
 
-def _median_ratio(variant, plain):
-    return statistics.median(t / p for t, p in zip(variant.times, plain.times))
-
-
-def _device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def render(results, args, device, dtype):
-    lines = [
-        f"## MagicFace pipeline benchmark ({'tiny' if args.tiny else 'full-size'} UNets)",
-        "",
-        f"- device: {_device_name(device)}; dtype: {str(dtype).replace('torch.', '')}; torch {torch.__version__}",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-        f"- {args.steps} steps {SAMPLER}/{SCHEDULER}, cfg {args.cfg}, RSA until 42 % of the schedule then RBA, "
-        f"semantic CFG on, 'paper' layers; {args.repeats} interleaved timed runs per variant, medians",
-        f"- references: {f'{args.reference_size}x{args.reference_size}' if args.reference_size else 'the image size'}",
-        "",
-    ]
-    for spec, variants, coupling in results:
-        plain = variants[0]
-        plain_s = statistics.median(plain.times)
-        lines += [f"### {spec.name}, {spec.image_size} image (latent {spec.latent_hw[0]}x{spec.latent_hw[1]})", "",
-                  "| variant | median s | ratio vs plain | extra peak MiB | max abs diff vs exact | host syncs "
-                  "| kernel ops per step |" + (" GPU busy |" if args.gpu_busy else ""),
-                  "|---|---|---|---|---|---|---|" + ("---|" if args.gpu_busy else "")]
-        coupled = {v.concepts: v for v in variants[1:] if v.exact}
-        for variant in variants:
-            ratio = 1.0 if variant is plain else _median_ratio(variant, plain)
-            extra = variant.peak_mib - plain.peak_mib if variant is not plain else 0.0
-            diff = ""
-            if variant is not plain and not variant.exact:
-                reference = coupled[variant.concepts].result
-                delta = variant.result - reference
-                diff = f"{delta.abs().max().item():.3g} (rel. L2 {(delta.norm() / reference.norm()).item():.2g})"
-            syncs = "" if variant.syncs is None else str(variant.syncs)
-            busy = ""
-            if args.gpu_busy:
-                busy = " |" if variant.busy_s is None else f" {100 * variant.busy_s / statistics.median(variant.times):.0f} % |"
-            lines.append(f"| {variant.label} | {statistics.median(variant.times):.3f} | {ratio:.3f}x "
-                         f"| {extra:.0f} | {diff} | {syncs} | {variant.kernel_ops:.0f} |{busy}")
-        coupled_list = list(coupled.values())
-        if len(coupled_list) >= 2:
-            xs = [v.concepts for v in coupled_list]
-            ys = [_median_ratio(v, plain) for v in coupled_list]
-            slope = _slope(xs, ys)
-            lines += ["", f"Slope of time vs R: {slope:.3f}x plain per extra concept "
-                          f"({slope * plain_s:.3f} s per concept per image)."]
-        lines += _breakdown_lines(variants, plain_s) + _ops_lines(variants, args.steps) + _coupling_lines(coupling)
-        lines += _stage_lines(variants) + [""]
-    return "\n".join(lines)
-
-
-def _slope(xs, ys):
-    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
-    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum((x - mean_x) ** 2 for x in xs)
-
-
-def _breakdown_lines(variants, plain_s):
-    timed_variants = [v for v in variants[1:] if v.parts is not None]
-    if not timed_variants:
-        return []
-    lines = ["", "Per-part time, separate synchronised run, seconds per image (% of plain sampling). "
-                 "The rest is the UNet calls, reference rows included, and the sampler:", "",
-             "| variant | " + " | ".join(PARTS) + " | rest | total |", "|---|" + "---|" * (len(PARTS) + 2)]
-    for variant in timed_variants:
-        parts = [variant.parts.seconds[p] for p in PARTS] + [variant.parts.total - sum(variant.parts.seconds.values()),
-                                                              variant.parts.total]
-        cells = [f"{seconds:.3f} ({100 * seconds / plain_s:.0f} %)" for seconds in parts]
-        lines.append(f"| {variant.label} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def _ops_lines(variants, steps: int, rows: int = 16):
-    counted = [v for v in variants if v.ops_by_function is not None]
-    if len(counted) < 2:
-        return []
-    plain, largest = counted[0], counted[-1]
-    extra = Counter(largest.ops_by_function)
-    extra.subtract(plain.ops_by_function)
-    ranked = sorted(((name, count) for name, count in extra.items() if count), key=lambda item: -abs(item[1]))
-    lines = ["", f"Extra kernel ops per step of {largest.label} by the pack function issuing them "
-                 "('host': the UNet's own, fewer where MagicFace replaced its attention calls):", "",
-             "| function | ops per step |", "|---|---|"]
-    lines += [f"| {name} | {count / steps:.1f} |" for name, count in ranked[:rows]]
-    if len(ranked) > rows:
-        rest = sum(count for _, count in ranked[rows:])
-        lines.append(f"| {len(ranked) - rows} more | {rest / steps:.1f} |")
-    return lines
-
-
-def _coupling_lines(coupling):
-    if not coupling:
-        return []
-    lines = ["", "Batch coupling: one UNet call on 2+R rows vs a 2-row call plus an R-row call (median s):", "",
-             "| R | 2+R rows | 2 rows + R rows | separate / coupled |", "|---|---|---|---|"]
-    for count, joint, separate in coupling:
-        lines.append(f"| {count} | {joint:.4f} | {separate:.4f} | {separate / joint:.3f} |")
-    return lines
-
-
-def _stage_lines(variants):
-    """Which steps computed what, from the patches' own reports (segmentation decision included)."""
-    exact = [v for v in variants[1:] if v.exact]
-    if not exact:
-        return []
-    report = exact[-1].report
-    calls = report["calls"]
-    lines = ["", f"Steps (R={exact[-1].concepts}): {len(report['rsa_sigmas'])} RSA, "
-                 f"{len(report['rba_sigmas'])} RBA; segmentation computed at {calls.get(('segmentation', 'step'), 0)} "
-                 f"steps, semantic CFG applied at {calls.get(('guidance', 'step'), 0)}."]
-    for variant in variants[1:]:
-        if variant.reference_every > 1:
-            calls = variant.report["calls"]
-            made = sum(n for (kind, how), n in calls.items() if kind == "references" and how != "reused")
-            lines.append(f"{variant.label}: reference features made at {made} steps, reused at "
-                         f"{calls.get(('references', 'reused'), 0)}.")
-    return lines
-
-
 def check_results(results):
     """Every ratio finite and every sample finite: the smoke test relies on this."""
     for spec, variants, _ in results:
@@ -391,7 +266,7 @@ def check_results(results):
         for variant in variants:
             if not torch.isfinite(variant.result).all():
                 raise RuntimeError(f"{spec.name} {variant.label}: non-finite samples")
-            if variant is not plain and not math.isfinite(_median_ratio(variant, plain)):
+            if variant is not plain and not math.isfinite(median_ratio(variant, plain)):
                 raise RuntimeError(f"{spec.name} {variant.label}: non-finite ratio")
 
 
