@@ -30,8 +30,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent / "tests"))  # the test harness bootstraps the ComfyUI host
 sys.path.insert(0, str(BENCH_DIR))
 
-from bench_pipeline import SCHEDULER, bootstrap_host, read_sizes_and_counts  # noqa: E402
-from pipeline_models import SPECS, attention_core, build_base_model, concept_masks, glue  # noqa: E402
+from bench_pipeline import bootstrap_host, read_sizes_and_counts  # noqa: E402
+from pipeline_models import SCHEDULER, SPECS, attention_core, build_base_model, concept_masks, glue  # noqa: E402
 
 META = torch.device("meta")
 SWITCH_AT = 0.42  # the Stage Scheduler's default: RSA until 42 % of the schedule, then RBA

@@ -29,11 +29,13 @@ REPO_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the test harness bootstraps the ComfyUI host
 sys.path.insert(0, str(BENCH_DIR))  # its sibling modules, also under python -P
 
-from pipeline_models import SPECS, build_model_patcher, conditioning, glue, make_plan, patched_model  # noqa: E402
+from pipeline_models import (  # noqa: E402
+    SAMPLER, SCHEDULER, SPECS, build_model_patcher, conditioning, glue, make_plan, patched_model,
+)
 from pipeline_probe import (  # noqa: E402
     PartTimer, count_kernel_ops, device_busy_seconds, instrumented, kernel_ops_by_function, peak_memory_mib, timed,
 )
-from pipeline_report import SAMPLER, SCHEDULER, median_ratio, render  # noqa: E402
+from pipeline_report import median_ratio, render  # noqa: E402
 
 SEED = 7
 

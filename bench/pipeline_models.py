@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+# Every benchmarked run samples with these (bench_pipeline times them, bench_arithmetic counts their steps).
+SAMPLER, SCHEDULER = "euler", "normal"
 
 _COMMON = dict(in_channels=4, out_channels=4, use_spatial_transformer=True, legacy=False, use_checkpoint=False,
                use_temporal_resblock=False, use_temporal_attention=False, image_size=32)

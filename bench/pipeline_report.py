@@ -7,9 +7,8 @@ from collections import Counter
 
 import torch
 
+from pipeline_models import SAMPLER, SCHEDULER
 from pipeline_probe import PARTS
-
-SAMPLER, SCHEDULER = "euler", "normal"
 
 
 def median_ratio(variant, plain):
