@@ -183,13 +183,15 @@ def device_busy_seconds(fn, device: torch.device, table_path=None):
     """
     if device.type != "cuda":
         return None
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         fn()
         synchronize(device)
     averages = prof.key_averages()
-    busy_us = sum(getattr(event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0))
-                  for event in averages)
+    # Kernel events only: the aten rows that launched them carry the same device time again.
+    busy_us = sum(event.self_device_time_total for event in averages
+                  if event.device_type == DeviceType.CUDA and not getattr(event, "is_user_annotation", False))
     if table_path is not None:
         with open(table_path, "w") as out:
             for key in ("self_cpu_time_total", "self_cuda_time_total"):

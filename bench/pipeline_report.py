@@ -11,8 +11,13 @@ from pipeline_models import SAMPLER, SCHEDULER
 from pipeline_probe import PARTS
 
 
+def run_ratios(variant, plain):
+    """Each timed run over the plain run interleaved with it."""
+    return [t / p for t, p in zip(variant.times, plain.times)]
+
+
 def median_ratio(variant, plain):
-    return statistics.median(t / p for t, p in zip(variant.times, plain.times))
+    return statistics.median(run_ratios(variant, plain))
 
 
 def _device_name(device):
@@ -37,11 +42,12 @@ def render(results, args, device, dtype):
         plain_s = statistics.median(plain.times)
         lines += [f"### {spec.name}, {spec.image_size} image (latent {spec.latent_hw[0]}x{spec.latent_hw[1]})", "",
                   "| variant | median s | ratio vs plain | extra peak MiB | max abs diff vs exact | host syncs "
-                  "| kernel ops per step |" + (" GPU busy |" if args.gpu_busy else ""),
-                  "|---|---|---|---|---|---|---|" + ("---|" if args.gpu_busy else "")]
+                  "| kernel ops per step | per-run ratios |" + (" GPU busy |" if args.gpu_busy else ""),
+                  "|---|---|---|---|---|---|---|---|" + ("---|" if args.gpu_busy else "")]
         coupled = {v.concepts: v for v in variants[1:] if v.exact}
         for variant in variants:
-            ratio = 1.0 if variant is plain else median_ratio(variant, plain)
+            ratios = run_ratios(variant, plain)
+            ratio = statistics.median(ratios)
             extra = variant.peak_mib - plain.peak_mib if variant is not plain else 0.0
             diff = ""
             if variant is not plain and not variant.exact:
@@ -49,11 +55,12 @@ def render(results, args, device, dtype):
                 delta = variant.result - reference
                 diff = f"{delta.abs().max().item():.3g} (rel. L2 {(delta.norm() / reference.norm()).item():.2g})"
             syncs = "" if variant.syncs is None else str(variant.syncs)
+            spread = "" if variant is plain else f"{min(ratios):.2f}-{max(ratios):.2f}"
             busy = ""
             if args.gpu_busy:
                 busy = " |" if variant.busy_s is None else f" {100 * variant.busy_s / statistics.median(variant.times):.0f} % |"
             lines.append(f"| {variant.label} | {statistics.median(variant.times):.3f} | {ratio:.3f}x "
-                         f"| {extra:.0f} | {diff} | {syncs} | {variant.kernel_ops:.0f} |{busy}")
+                         f"| {extra:.0f} | {diff} | {syncs} | {variant.kernel_ops:.0f} | {spread} |{busy}")
         coupled_list = list(coupled.values())
         if len(coupled_list) >= 2:
             xs = [v.concepts for v in coupled_list]
