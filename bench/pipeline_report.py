@@ -68,9 +68,21 @@ def render(results, args, device, dtype):
             slope = _slope(xs, ys)
             lines += ["", f"Slope of time vs R: {slope:.3f}x plain per extra concept "
                           f"({slope * plain_s:.3f} s per concept per image)."]
+        lines += _kernel_time_lines(variants)
         lines += _breakdown_lines(variants, plain_s) + _ops_lines(variants, args.steps) + _coupling_lines(coupling)
         lines += _stage_lines(variants) + [""]
     return "\n".join(lines)
+
+
+def _kernel_time_lines(variants):
+    """Plain's and the largest R's summed kernel times (--gpu-busy): a slow or loaded host hides
+    part of the GPU's work from the wall-time ratio, not from this one."""
+    profiled = [v for v in variants if v.busy_s is not None]
+    if len(profiled) < 2:
+        return []
+    plain, largest = profiled[0], profiled[-1]
+    return ["", f"GPU kernel time per image (profiled runs): plain {plain.busy_s:.3f} s, {largest.label} "
+                f"{largest.busy_s:.3f} s ({largest.busy_s / plain.busy_s:.2f}x)."]
 
 
 def _slope(xs, ys):
