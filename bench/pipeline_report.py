@@ -56,10 +56,11 @@ def render(results, args, device, dtype):
                 diff = f"{delta.abs().max().item():.3g} (rel. L2 {(delta.norm() / reference.norm()).item():.2g})"
             syncs = "" if variant.syncs is None else str(variant.syncs)
             spread = "" if variant is plain else f"{min(ratios):.2f}-{max(ratios):.2f}"
+            median_s = statistics.median(variant.times)
             busy = ""
             if args.gpu_busy:
-                busy = " |" if variant.busy_s is None else f" {100 * variant.busy_s / statistics.median(variant.times):.0f} % |"
-            lines.append(f"| {variant.label} | {statistics.median(variant.times):.3f} | {ratio:.3f}x "
+                busy = " |" if variant.busy_s is None else f" {100 * variant.busy_s / median_s:.0f} % |"
+            lines.append(f"| {variant.label} | {median_s:.3f} | {ratio:.3f}x "
                          f"| {extra:.0f} | {diff} | {syncs} | {variant.kernel_ops:.0f} | {spread} |{busy}")
         coupled_list = list(coupled.values())
         if len(coupled_list) >= 2:
