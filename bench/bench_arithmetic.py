@@ -2,6 +2,7 @@
 
     python bench/bench_arithmetic.py                                   # SD1.5 512x512, SDXL 1024x1024
     python bench/bench_arithmetic.py --models sdxl --concepts 2 --reference-every 2,4 --reference-size 512
+    python bench/bench_arithmetic.py --models sdxl --lean-segmentation   # one transformer per block
 
 Where the UNet is bound by arithmetic (SDXL at 1024x1024 on an H100, any model on a CPU), run time
 follows floating-point operations. This counts them (torch.utils.flop_counter) for a plain step
@@ -31,7 +32,9 @@ sys.path.insert(0, str(BENCH_DIR.parent / "tests"))  # the test harness bootstra
 sys.path.insert(0, str(BENCH_DIR))
 
 from bench_pipeline import bootstrap_host, read_sizes_and_counts  # noqa: E402
-from pipeline_models import SCHEDULER, SPECS, attention_core, build_base_model, concept_masks, glue  # noqa: E402
+from pipeline_models import (  # noqa: E402
+    SCHEDULER, SPECS, attention_core, build_base_model, concept_masks, glue, lean_segmentation_set,
+)
 
 META = torch.device("meta")
 SWITCH_AT = 0.42  # the Stage Scheduler's default: RSA until 42 % of the schedule, then RBA
@@ -51,14 +54,14 @@ def empty(*shape):
 class Model:
     """A layout's UNet on the meta device, its attention layers and their shapes."""
 
-    def __init__(self, spec, latent_hw):
+    def __init__(self, spec, latent_hw, lean_segmentation=False):
         self.spec, self.latent_hw = spec, tuple(latent_hw)
         self.base = build_base_model(spec, META, torch.float32)
         self.unet = self.base.diffusion_model
         layers = glue("layers")
         self.layers = layers.list_attention_layers(self.unet)
         self.injection = layers.select_injection_layers(self.layers, "paper")
-        self.segmentation = layers.select_segmentation_layers(self.layers)
+        self.segmentation = layers.select_segmentation_layers(self.layers, lean_segmentation_set(lean_segmentation))
         self.shapes = {}  # (attn1|attn2, layer key) -> (queries N, channels C, keys M, heads)
         self.plain_step = count_flops(self.unet_call(2, self.latent_hw, record=True))
 
@@ -157,7 +160,7 @@ def rsa_step_count(model, steps: int) -> int:
 def budget(name, args):
     spec = SPECS[(name, False)]
     image = args.image_size or spec.latent_hw[0] * 8
-    model = Model(spec, (image // 8,) * 2)
+    model = Model(spec, (image // 8,) * 2, args.lean_segmentation)
     ref_hw = (args.reference_size // 8,) * 2 if args.reference_size else model.latent_hw
     rsa_steps = rsa_step_count(model, args.steps)
     rows = []
@@ -179,12 +182,13 @@ def render(results, args) -> str:
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}",
              f"- {args.steps} steps {SCHEDULER}, RSA until {int(SWITCH_AT * 100)} % of the schedule then RBA, "
              "'paper' layers, one image (uncond and cond rows)", ""]
+    lean = " (one per block)" if args.lean_segmentation else ""
     for model, image, ref_hw, rsa_steps, rows in results:
         plain = model.plain_step
         every = "".join(f" every {k} |" for k in args.reference_every)
         lines += [f"### {model.spec.name}, {image}x{image} image, references {ref_hw[0] * 8}x{ref_hw[1] * 8}", "",
                   f"Plain step (UNet on 2 rows): {plain / 1e12:.3f} TFLOP. Segmentation reads "
-                  f"{len(model.segmentation)} layers, RSA/RBA run in {len(model.injection)}. "
+                  f"{len(model.segmentation)} layers{lean}, RSA/RBA run in {len(model.injection)}. "
                   f"{rsa_steps} RSA and {args.steps - rsa_steps} RBA steps. TFLOP per step (% of a plain step):", "",
                   "| R | references' rows | segmentation | RSA beyond plain | RBA beyond plain "
                   "| arithmetic ratio, references every step |" + every,
@@ -205,6 +209,8 @@ def parse_args(argv=None):
     parser.add_argument("--reference-every", default="2,4", help="comma list of K >= 2 for the approximate mode")
     parser.add_argument("--image-size", type=int, default=0, help="square image size (default: SD1.5 512, SDXL 1024)")
     parser.add_argument("--reference-size", type=int, default=0, help="square reference size (default: the image's)")
+    parser.add_argument("--lean-segmentation", action="store_true",
+                        help="segmentation from the first transformer of each block (segmentation_layers 'one per block')")
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
     args = parser.parse_args(argv)
     read_sizes_and_counts(parser, args, args.concepts)

@@ -10,8 +10,9 @@ Reports the median time ratio MagicFace / plain, the extra peak memory, and a pe
 breakdown taken in a separate, synchronised run. --separate adds the largest R with the
 references in a separate UNet pass instead of coupled into the target's batch (a bench-side
 override of the product's choice); --reference-every K adds the largest R in the approximate
-mode that makes reference features at one step in K. Both report their difference from the
-exact, coupled result of the same seed.
+mode that makes reference features at one step in K; --lean-segmentation adds the largest R (and
+each K) with the segmentation read from one transformer per block. All of them report their
+difference from the exact, coupled result of the same seed.
 """
 import argparse
 import dataclasses
@@ -56,6 +57,10 @@ def parse_args(argv=None):
     parser.add_argument("--reference-every", default="",
                         help="comma list of K >= 2: also time the largest R with reference features made at "
                              "one step in K (the Stage Scheduler's approximate reference_every mode)")
+    parser.add_argument("--lean-segmentation", action="store_true",
+                        help="also time the largest R, exact and with each --reference-every K, with the "
+                             "segmentation read from the first transformer of each block (the Stage Scheduler's "
+                             "segmentation_layers 'one per block'; differs from 'all layers' on SDXL only)")
     parser.add_argument("--image-size", type=int, default=0,
                         help="square image size in pixels (default: SD1.5 512, SDXL 1024, --tiny 128); e.g. "
                              "256 runs the full-size UNets on a CPU in minutes")
@@ -118,9 +123,9 @@ def bootstrap_host(device: str):
 class Variant:
     """One sampling configuration: plain (plan None) or MagicFace with one plan."""
 
-    def __init__(self, label, model, patch=None, concepts=0, separate=False, reference_every=1):
+    def __init__(self, label, model, patch=None, concepts=0, separate=False, reference_every=1, lean=False):
         self.label, self.model, self.patch, self.concepts = label, model, patch, concepts
-        self.separate, self.reference_every = separate, reference_every
+        self.separate, self.reference_every, self.lean = separate, reference_every, lean
         self.times, self.result, self.peak_mib, self.parts, self.report = [], None, float("nan"), None, None
         self.syncs = None
         self.kernel_ops = None
@@ -130,7 +135,7 @@ class Variant:
     @property
     def exact(self) -> bool:
         """MagicFace as the product runs it by default: coupled references made every step."""
-        return not self.separate and self.reference_every == 1
+        return not self.separate and self.reference_every == 1 and not self.lean
 
 
 def sample(variant, positive, negative, latent, args):
@@ -170,9 +175,9 @@ def bench_model(name, args, device, dtype):
     base = build_model_patcher(spec, device, dtype)
     positive, negative = conditioning(spec, SEED)
     latent = torch.zeros(1, 4, *spec.latent_hw)
-    def patched(count, every=1):
+    def patched(count, every=1, lean=False):
         return patched_model(base, make_plan(base, spec, count, seed=SEED, reference_every=every,
-                                             reference_size=args.reference_size))
+                                             reference_size=args.reference_size, lean_segmentation=lean))
 
     variants = [Variant("plain", base)]
     for count in args.concept_counts:
@@ -183,6 +188,11 @@ def bench_model(name, args, device, dtype):
     for every in args.reference_every:
         variants.append(Variant(f"R={largest}, references every {every} steps", *patched(largest, every), largest,
                                 reference_every=every))
+    if args.lean_segmentation:
+        for every in [1] + args.reference_every:
+            references = f"references every {every} steps, " if every > 1 else ""
+            variants.append(Variant(f"R={largest}, {references}segmentation one per block",
+                                    *patched(largest, every, lean=True), largest, reference_every=every, lean=True))
 
     for variant in variants:  # warm-up (kernel choice, allocator) and the result for the checks
         _, variant.result = _run_variant(variant, positive, negative, latent, args, device)

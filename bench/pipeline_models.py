@@ -139,10 +139,11 @@ def concept_masks(concepts: int) -> torch.Tensor:
 
 
 def make_plan(model_patcher, spec: ModelSpec, concepts: int, seed: int = 0, semantic_cfg: bool = True,
-              reference_every: int = 1, reference_size: int = 0):
+              reference_every: int = 1, reference_size: int = 0, lean_segmentation: bool = False):
     """A MagicFacePlan as MagicFace Apply would build it, without CLIP/VAE: random reference
     latents at the target's size (or reference_size pixels square), a central rectangle per
-    concept mask, 'paper' layers."""
+    concept mask, 'paper' layers; the segmentation reads all its layers, or with
+    lean_segmentation the first transformer of each block."""
     layers = glue("layers")
     generator = torch.Generator().manual_seed(seed + 100)
     found = layers.list_attention_layers(model_patcher.model.diffusion_model)
@@ -153,7 +154,7 @@ def make_plan(model_patcher, spec: ModelSpec, concepts: int, seed: int = 0, sema
     reference_hw = (reference_size // 8,) * 2 if reference_size else spec.latent_hw
     return glue("plan").MagicFacePlan(
         injection_layers=tuple(layers.select_injection_layers(found, "paper")),
-        segmentation_layers=tuple(layers.select_segmentation_layers(found)),
+        segmentation_layers=tuple(layers.select_segmentation_layers(found, lean_segmentation_set(lean_segmentation))),
         reference_latents=torch.randn(concepts, 4, *reference_hw, generator=generator),
         reference_masks=masks, mask_mode="area", weights=tuple([2.5] + [2.0] * (concepts - 1)),
         reference_context=torch.randn(concepts, 77, spec.unet["context_dim"], generator=generator),
@@ -162,6 +163,11 @@ def make_plan(model_patcher, spec: ModelSpec, concepts: int, seed: int = 0, sema
         ca_scale=0.9 if concepts == 1 else 0.6, semantic_cfg=semantic_cfg,
         sigma_start=sigma(0.0), sigma_switch=sigma(0.42), sigma_end=sigma(1.0), seed=seed,
         reference_every=reference_every)
+
+
+def lean_segmentation_set(lean: bool) -> str:
+    keys = glue("keys")
+    return keys.SEGMENTATION_ONE_PER_BLOCK if lean else keys.SEGMENTATION_ALL_LAYERS
 
 
 def patched_model(model_patcher, plan):

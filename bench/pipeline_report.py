@@ -134,6 +134,10 @@ def _coupling_lines(coupling):
     return lines
 
 
+def _segmented_layers(report) -> int:
+    return sum(1 for kind, name in report["calls"] if kind == "segmentation" and name not in ("step", "uncond half"))
+
+
 def _stage_lines(variants):
     """Which steps computed what, from the patches' own reports (segmentation decision included)."""
     exact = [v for v in variants[1:] if v.exact]
@@ -144,7 +148,11 @@ def _stage_lines(variants):
     lines = ["", f"Steps (R={exact[-1].concepts}): {len(report['rsa_sigmas'])} RSA, "
                  f"{len(report['rba_sigmas'])} RBA; segmentation computed at {calls.get(('segmentation', 'step'), 0)} "
                  f"steps, semantic CFG applied at {calls.get(('guidance', 'step'), 0)}."]
+    exact_layers = _segmented_layers(report)
     for variant in variants[1:]:
+        if variant.lean:
+            lines.append(f"{variant.label}: segmentation read {_segmented_layers(variant.report)} layers "
+                         f"(exact: {exact_layers}).")
         if variant.reference_every > 1:
             calls = variant.report["calls"]
             made = sum(n for (kind, how), n in calls.items() if kind == "references" and how != "reused")

@@ -133,7 +133,7 @@ def apply_magicface(model, clip, vae, concepts, prompt, schedule, seed=0, refere
     if not injection:
         raise MagicFaceInputError(NODE, "schedule", "the chosen layers match no self-attention of this model.",
                                   "use the 'paper' or 'all decoder' preset, or list existing layers.")
-    segmentation = select_segmentation_layers(layers)
+    segmentation = select_segmentation_layers(layers, schedule.segmentation_layers)
     if not segmentation:
         raise MagicFaceInputError(NODE, "model", "this UNet has no text cross-attention, which the segmentation "
                                   "needs.", "use an SD1.x, SD2.x or SDXL checkpoint.")

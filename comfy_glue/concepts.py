@@ -62,6 +62,7 @@ class StageSchedule:
     semantic_cfg: bool = True
     mask_mode: str = keys.MASK_MODE_AREA
     reference_every: int = 1       # steps between fresh reference features; 1 = every step (exact)
+    segmentation_layers: str = keys.SEGMENTATION_ALL_LAYERS
 
     def resolved_ca_scale(self, concept_count: int) -> float:
         if self.ca_scale > 0:

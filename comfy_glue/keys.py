@@ -26,6 +26,13 @@ LAYER_PRESET_ALL_DECODER = "all decoder"
 LAYER_PRESET_CUSTOM = "custom"
 LAYER_PRESETS = (LAYER_PRESET_PAPER, LAYER_PRESET_ALL_DECODER, LAYER_PRESET_CUSTOM)
 
+# Which cross-attention layers feed the segmentation. "all layers" is the reference code's set;
+# "one per block" reads only the first transformer of each UNet block (SDXL: 6 of its 60 layers,
+# SD1.x/SD2.x: the same set, their blocks hold one transformer each).
+SEGMENTATION_ALL_LAYERS = "all layers"
+SEGMENTATION_ONE_PER_BLOCK = "one per block"
+SEGMENTATION_LAYER_SETS = (SEGMENTATION_ALL_LAYERS, SEGMENTATION_ONE_PER_BLOCK)
+
 MASK_MODE_AREA = "area"
 MASK_MODE_REFERENCE = "reference"
 MASK_MODES = (MASK_MODE_AREA, MASK_MODE_REFERENCE)

@@ -16,9 +16,9 @@ ROW = re.compile(r"^\| (\d) \| [\d.]+ \(([\d.]+) %\), (coupled|own pass) \| [\d.
                  r"\| [\d.]+ \(([\d.]+) %\) \| [\d.]+ \(([\d.]+) %\) \| ([\d.]+)x \| ([\d.]+)x \| ([\d.]+)x \|$", re.MULTILINE)
 
 
-def _rows(tmp_path, *extra):
-    out = tmp_path / "arithmetic.md"
-    command = [sys.executable, str(REPO_ROOT / "bench" / "bench_arithmetic.py"), "--models", "sd15",
+def _rows(tmp_path, *extra, model="sd15", name="arithmetic.md"):
+    out = tmp_path / name
+    command = [sys.executable, str(REPO_ROOT / "bench" / "bench_arithmetic.py"), "--models", model,
                "--concepts", "1,2", "--reference-every", "2,4", "--out", str(out), *extra]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=170)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -48,3 +48,14 @@ def test_small_references_take_their_own_cut_pass(tmp_path):
     for concepts, (refs, how, *_) in rows.items():
         # A quarter of the pixels; SD1.5's 'paper' layers reach its last block, so little is cut.
         assert how == "own pass" and 0.2 * 50 * concepts < refs <= 0.25 * 50 * concepts + 0.05, table
+
+
+def test_lean_segmentation_counts_a_tenth_of_sdxls_segmentation(tmp_path):
+    exact, _ = _rows(tmp_path, "--image-size", "512", model="sdxl", name="exact.md")
+    lean, table = _rows(tmp_path, "--image-size", "512", "--lean-segmentation", model="sdxl", name="lean.md")
+    assert "Segmentation reads 6 layers (one per block)" in table
+    for concepts in (1, 2):
+        (_, _, segmentation, *_, every_4), (_, _, lean_segmentation, *_, lean_every_4) = exact[concepts], lean[concepts]
+        # 6 of the 60 quarter-resolution layers, all of one shape: a tenth of the work (percent cells rounded)
+        assert lean_segmentation == pytest.approx(segmentation / 10, abs=0.06), table
+        assert every_4 - lean_every_4 == pytest.approx((segmentation - lean_segmentation) / 100, abs=0.011), table

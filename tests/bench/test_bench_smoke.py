@@ -39,3 +39,17 @@ def test_tiny_pipeline_bench_writes_finite_table(tmp_path):
     # ... and, split by the pack function issuing them, the joined attention is among them.
     by_function = dict(re.findall(r"^\| ([\w/.<>]+:[\w<>]+) \| (-?[\d.]+) \|$", table, re.MULTILINE))
     assert float(by_function.get("magicface_attn/attention.py:_joint_attention", 0)) > 0, table
+
+
+def test_tiny_sdxl_bench_times_the_lean_segmentation(tmp_path):
+    out = tmp_path / "perf.md"
+    command = [sys.executable, str(REPO_ROOT / "bench" / "bench_pipeline.py"), "--tiny", "--models", "sdxl",
+               "--concepts", "2", "--no-coupling", "--no-breakdown", "--lean-segmentation", "--out", str(out)]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = out.read_text()
+    lean = re.search(r"^\| R=2, segmentation one per block \| [\d.]+ \| ([\d.]+)x \| [-\d]+ \| [\d.e+-]+ \(rel\. L2 "
+                     r"([\d.e+-]+)\)", table, re.MULTILINE)
+    assert lean and math.isfinite(float(lean.group(1))) and 0 < float(lean.group(2)) < 1, table
+    # the tiny SDXL's quarter-resolution blocks are 1 and 2 transformers deep: 4 of its 7 layers
+    assert "R=2, segmentation one per block: segmentation read 4 layers (exact: 7)." in table

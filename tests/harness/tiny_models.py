@@ -42,6 +42,10 @@ SD2_UNET = dict(SD15_UNET, context_dim=1024, use_linear_in_transformer=True,
 SDXL_UNET = dict(SD2_UNET, context_dim=2048, adm_in_channels=2816, num_classes="sequential",
                  channel_mult=[1, 1], num_res_blocks=[1, 1], transformer_depth=[0, 1],
                  transformer_depth_output=[0, 0, 1, 1])
+# SDXL's depth pattern in small: a third level whose blocks hold two transformers each, so the
+# segmentation (read below the finest attention level) has blocks more than one transformer deep.
+SDXL_DEEP_UNET = dict(SDXL_UNET, channel_mult=[1, 1, 1], num_res_blocks=[1, 1, 1], transformer_depth=[0, 1, 2],
+                      transformer_depth_output=[0, 0, 1, 1, 2, 2], transformer_depth_middle=2)
 # SDXL refiner layout: 1280 context (OpenCLIP-G only), `y` of 2560 = pooled 1280 + 5*256
 # (sizes and aesthetic score), 384 model channels.
 SDXL_REFINER_UNET = dict(SDXL_UNET, context_dim=1280, adm_in_channels=2560, model_channels=384)
@@ -173,8 +177,8 @@ def write_lora(path: Path, rank: int = 4, seed: int = 20) -> Path:
 
 
 def build_model_patcher(kind: str, seed: int = 30):
-    """A ModelPatcher-wrapped tiny UNet of class ``"sd2v"``, ``"sdxl"``, ``"sdxl_refiner"`` or
-    ``"sd15inpaint"``.
+    """A ModelPatcher-wrapped tiny UNet of class ``"sd2v"``, ``"sdxl"``, ``"sdxl_deep"``,
+    ``"sdxl_refiner"`` or ``"sd15inpaint"``.
 
     Built from ComfyUI's model classes directly (no checkpoint): SD2.x with
     v-prediction, SDXL (base or refiner) with adm (`y`) conditioning, or an SD1.5 inpainting UNet
@@ -191,6 +195,9 @@ def build_model_patcher(kind: str, seed: int = 30):
         model_class = comfy.model_base.BaseModel
     elif kind == "sdxl":
         config = comfy.supported_models.SDXL(dict(SDXL_UNET))
+        model_type, model_class = comfy.model_base.ModelType.EPS, comfy.model_base.SDXL
+    elif kind == "sdxl_deep":
+        config = comfy.supported_models.SDXL(dict(SDXL_DEEP_UNET))
         model_type, model_class = comfy.model_base.ModelType.EPS, comfy.model_base.SDXL
     elif kind == "sdxl_refiner":
         config = comfy.supported_models.SDXLRefiner(dict(SDXL_REFINER_UNET))

@@ -23,7 +23,7 @@ def glue(module):
     return pack_module(f"comfy_glue.{module}")
 
 
-def _plan_for(model_patcher, context_dim, pooled_dim=None, concepts=2, seed=0):
+def _plan_for(model_patcher, context_dim, pooled_dim=None, concepts=2, seed=0, segmentation_set="all layers"):
     """A MagicFacePlan built without CLIP/VAE (these tiny UNets come without them)."""
     layers = glue("layers")
     generator = torch.Generator().manual_seed(seed)
@@ -33,7 +33,7 @@ def _plan_for(model_patcher, context_dim, pooled_dim=None, concepts=2, seed=0):
     sampling = model_patcher.model.model_sampling
     return glue("plan").MagicFacePlan(
         injection_layers=tuple(layers.select_injection_layers(found, "paper")),
-        segmentation_layers=tuple(layers.select_segmentation_layers(found)),
+        segmentation_layers=tuple(layers.select_segmentation_layers(found, segmentation_set)),
         reference_latents=torch.randn(concepts, 4, 8, 8, generator=generator),
         reference_masks=masks, mask_mode="area", weights=tuple([2.0] * concepts),
         reference_context=torch.randn(concepts, 77, context_dim, generator=generator),
@@ -95,6 +95,46 @@ def test_sdxl_layer_sets(comfy_host):
     assert sorted({layer.key[1] for layer in chosen}) == [0, 1, 2, 3, 4, 5] and len(chosen) == 36
     segmentation = layers.select_segmentation_layers(found)
     assert len(segmentation) == 60 and {layer.factor for layer in segmentation} == {4}
+    lean = layers.select_segmentation_layers(found, "one per block")
+    assert [layer.key for layer in lean] == [("input", 7, 0), ("input", 8, 0), ("middle", 0, 0),
+                                             ("output", 0, 0), ("output", 1, 0), ("output", 2, 0)]
+
+
+def test_one_per_block_is_the_whole_set_where_blocks_hold_one_transformer(comfy_host):
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    layers = glue("layers")
+    found = layers.list_attention_layers(UNetModel(**SD21_UNET, device="meta", operations=comfy.ops.disable_weight_init))
+    assert layers.select_segmentation_layers(found, "one per block") == layers.select_segmentation_layers(found)
+    with pytest.raises(ValueError, match=r"\[MagicFace Stage Scheduler\] input 'segmentation_layers'"):
+        layers.select_segmentation_layers(found, "every other")
+
+
+def test_one_per_block_segments_from_first_transformers_only(comfy_host):
+    """On 2-deep blocks the lean set reads half the layers; its hooks fire there every call and
+    nowhere else, and the result moves away from the exact set's (other attention maps)."""
+    from harness.tiny_models import build_model_patcher
+    model = build_model_patcher("sdxl_deep")
+    generator = torch.Generator().manual_seed(2)
+    pooled = {"pooled_output": torch.randn(1, 1280, generator=generator)}
+    positive = [[torch.randn(1, 77, 2048, generator=generator), dict(pooled)]]
+    negative = [[torch.randn(1, 77, 2048, generator=generator), dict(pooled)]]
+    outputs, reports = {}, {}
+    for layer_set in ("all layers", "one per block"):
+        patched = model.clone()
+        patch = glue("patch").MagicFacePatch(_plan_for(model, 2048, 1280, segmentation_set=layer_set))
+        patch.install(patched)
+        outputs[layer_set] = sample(patched, positive, negative, torch.zeros(1, 4, 16, 16), steps=4)
+        reports[layer_set] = patch.report()
+    segmented = {layer_set: {name: n for (kind, name), n in report["calls"].items()
+                             if kind == "segmentation" and name != "step"}
+                 for layer_set, report in reports.items()}
+    assert len(segmented["all layers"]) == 8 and set(segmented["all layers"].values()) == {4}
+    assert segmented["one per block"] == {name: 4 for name in segmented["all layers"] if name.endswith(".0")}
+    assert len(segmented["one per block"]) == 4
+    assert reports["one per block"]["calls"][("segmentation", "step")] == 4
+    assert torch.isfinite(outputs["one per block"]).all()
+    assert not torch.equal(outputs["one per block"], outputs["all layers"])
 
 
 def test_reference_mode_switch_step(tiny, negative):
@@ -134,3 +174,15 @@ def test_a_model_without_unet_attention_is_a_clear_error(tiny):
     with pytest.raises(ValueError, match=r"\[MagicFace Apply\] input 'model': Linear is not a UNet with attention "
                                          r"blocks .*Flux, SD3 and other transformer models are not supported yet"):
         apply(model, clip, vae, concepts_from([(image, mask, "man", 3.0)]), "a photo of a man")
+
+
+def test_one_per_block_through_the_nodes_equals_the_exact_set_on_sd15(tiny, negative):
+    model, clip, vae = tiny
+    image, mask = synthetic_concept(5)
+    outputs = []
+    for layer_set in ("all layers", "one per block"):
+        patched, positive, patch = apply(model, clip, vae, concepts_from([(image, mask, "man", 3.0)]),
+                                         "a photo of a man", schedule(segmentation_layers=layer_set))
+        assert len(patch.plan.segmentation_layers) == 7  # the tiny SD1.5's layers below full resolution
+        outputs.append(sample(patched, positive, negative, torch.zeros(1, 4, 16, 16), steps=3))
+    assert torch.equal(*outputs)
