@@ -8,12 +8,14 @@ a plain attention call and a concatenation per layer.
 impl="fast" (and "auto") never materialises query x key logits: masked-out reference keys are
 dropped (ReferenceKV's packed form) and the per-key bias is folded into extra head dimensions so
 one fused scaled_dot_product_attention call does the joint softmax:
-    q' = [q, 1, 1, 0...],  k' = [k, hi, lo, 0...] with hi + lo = bias / scale (own keys: 0),
+    q' = [q, 1, 1, 0...],  k' = [k, hi, lo, e_r, 0...] with hi + lo = bias / scale (own keys: 0)
+    and e_r the one-hot of the key's reference r (own keys: 0),
     v' = [v, 0...] (padded too: fused kernels need equal q/k/v head dims),
 and q'.k' * scale = q.k * scale + bias. Keys and values are built side by side in one tensor
 (FoldedBlock.kv) and handed to the kernel as two views of it, so each join is one launch.
 hi/lo is a two-term split of bias/scale in the compute dtype, so fp16/bf16 keep the bias to
-~fp32 accuracy. The widths are padded to a multiple of 8.
+~fp32 accuracy. RBA's queries put -EXCLUSION against the references of other concepts, so the
+pixels of all concepts share one call. The widths are padded to a multiple of 8.
 The fast path never synchronises with the host (no .item(), boolean indexing or nonzero): it
 runs once per layer and step, where a sync stalls the CPU that queues the GPU's work.
 impl="plain" materialises the logits exactly like the reference code (oracle for tests).
@@ -173,11 +175,27 @@ def _rba_fast(q_h, k_h, v_h, refs: ReferenceKV, owner, plain_h, blended) -> torc
     return out
 
 
+class PixelGroups(tuple):
+    """One row's concept pixel sets: a tuple of R (count_i,) long tensors, cut from one pixel
+    order sorted by owner, so the pixels of consecutive concepts are one view too (span)."""
+
+    def __new__(cls, order: torch.Tensor, bounds):
+        """order: (N,) pixels sorted by owner; bounds: R + 1 host ints, concept i's pixels are
+        order[bounds[i]:bounds[i + 1]]."""
+        groups = super().__new__(cls, (order[bounds[i]: bounds[i + 1]] for i in range(len(bounds) - 1)))
+        groups._order, groups._bounds = order, tuple(bounds)
+        return groups
+
+    def span(self, first: int, stop: int) -> torch.Tensor:
+        """The pixels of concepts first..stop-1, in this tuple's order, as one view."""
+        return self._order[self._bounds[first]: self._bounds[stop]]
+
+
 def concept_pixel_groups(regions: torch.Tensor) -> tuple:
     """Each concept's pixels per row, for the gathered RBA path.
 
-    regions: (B, R, N) bool. Returns, per row, a tuple of R (count_i,) long pixel indices in
-    ascending order, owner rule of concept_owner. Reads the group sizes on the host: ONE host
+    regions: (B, R, N) bool. Returns, per row, a PixelGroups of R (count_i,) long pixel indices
+    in ascending order, owner rule of concept_owner. Reads the group sizes on the host: ONE host
     synchronisation for all rows and concepts, so call it once per model call and layer grid
     (or pixel_groups_of_grids once for all grids).
     """
@@ -202,16 +220,35 @@ def pixel_groups_of_grids(regions_per_grid) -> list:
             row_counts = counts[position: position + slots]
             position += slots
             bounds = list(itertools.accumulate(row_counts))  # bounds[i]: where concept i's pixels start
-            groups.append(tuple(order[row, bounds[i]: bounds[i + 1]] for i in range(slots - 1)))
+            groups.append(PixelGroups(order[row], bounds))
         result.append(tuple(groups))
     return result
 
 
+def _blended_pixels(row_groups, members, present) -> torch.Tensor:
+    """The pixels of concepts `present` (those of `members` with pixels; both ascending) in one
+    (n,) tensor: a view where `members` are consecutive concepts of a PixelGroups (the others'
+    sets are empty), else one concatenation."""
+    if len(present) == 1:
+        return row_groups[present[0]]
+    if isinstance(row_groups, PixelGroups) and members[-1] - members[0] == len(members) - 1:
+        return row_groups.span(members[0], members[-1] + 1)
+    return torch.cat([row_groups[index] for index in present])
+
+
+def _blended_tails(block: FoldedBlock, row_groups, present) -> torch.Tensor:
+    """(n, e) query tails of _blended_pixels' pixels: concept i's tail for each of its pixels."""
+    pieces = [block.concept_tails[index].expand(row_groups[index].numel(), -1) for index in present]
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
 def _rba_gathered(q_h, k_h, v_h, refs: ReferenceKV, groups, out) -> None:
-    """Fast RBA on each concept's own pixels only: each concept's pixels are gathered, blended
-    with its reference and written into out, which holds plain attention. Same result as
-    _rba_fast, for the arithmetic of the concepts' areas instead of R whole images; the group
-    sizes are host ints (concept_pixel_groups), so nothing here synchronises.
+    """Fast RBA on the concepts' own pixels only: they are gathered, blended in ONE fused call
+    over the own keys and every reference (each pixel's query tail shuts out the references of
+    other concepts, FoldedBlock.concept_tails) and written into out, which holds plain
+    attention. Same result as _rba_fast, for the arithmetic of the concepts' areas instead of R
+    whole images; the group sizes are host ints (concept_pixel_groups), so nothing here
+    synchronises.
 
     q_h, k_h, v_h: (B, H, N, d); groups: concept_pixel_groups(regions); out: (B, N, H*d).
     """
@@ -219,16 +256,18 @@ def _rba_gathered(q_h, k_h, v_h, refs: ReferenceKV, groups, out) -> None:
     scale, heads, dim = refs.head_dim ** -0.5, q_h.shape[1], q_h.shape[-1]
     target = out if out.stride(-1) == 1 else out.contiguous()
     target_h = target.view(*target.shape[:-1], heads, dim)  # (B, N, H, d)
+    # Concepts without a kept key leave their pixels plain: they are not blended at all.
+    members = [index for index in range(refs.num_refs) if refs.num_kept(index)]
     for row, row_groups in enumerate(groups):
-        active = [(index, pixels) for index, pixels in enumerate(row_groups)
-                  if pixels.numel() and refs.num_kept(index)]
-        if not active:
+        present = [index for index in members if row_groups[index].numel()]
+        if not present:
             continue
-        q_ext = _extend_queries(q_h[row : row + 1], block.query_tail)
+        pixels = _blended_pixels(row_groups, members, present)
+        tails = _blended_tails(block, row_groups, present)
+        q_ext = torch.cat([q_h[row : row + 1, :, pixels], tails.expand(1, heads, -1, -1)], dim=-1)
         own_kv = _own_block(k_h[row : row + 1], v_h[row : row + 1], block.zeros)
-        for index, pixels in active:
-            blend = _joint_attention(q_ext[:, :, pixels], own_kv, block.kv[:, refs.kept_slice(index)], scale, dim)
-            target_h[row].index_copy_(0, pixels, blend[0].transpose(0, 1).to(target.dtype))
+        blend = _joint_attention(q_ext, own_kv, block.kv, scale, dim)
+        target_h[row].index_copy_(0, pixels, blend[0].transpose(0, 1).to(target.dtype))
     if target is not out:
         out.copy_(target)
 

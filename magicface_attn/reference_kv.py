@@ -11,6 +11,12 @@ import torch
 
 from .heads_layout import padded_width
 
+# A query that must not see reference j puts -EXCLUSION in the folded column where j's keys hold
+# 1: their logits fall by EXCLUSION * scale (over 1000 for any head width up to 256), so exp()
+# gives exactly 0, while every other key's dot product gains only exact zeros. A power of two,
+# exact in float16 and bfloat16.
+EXCLUSION = 2.0 ** 14
+
 
 @dataclass(frozen=True)
 class PackLayout:
@@ -35,22 +41,26 @@ class PackLayout:
         key = (head_dim, like.dtype, like.device)
         constants = self.fold_cache.get(key)
         if constants is None:
-            tokens = self.key_mask.shape[1]
-            extra = padded_width(head_dim + 2) - head_dim
+            refs, tokens = self.key_mask.shape
+            extra = padded_width(head_dim + 2 + refs) - head_dim
             every_key_bias = self.weights.to(like.device).repeat_interleave(tokens)
+            every_key_owner = torch.eye(refs, dtype=like.dtype, device=like.device).repeat_interleave(tokens, dim=0)
             constants = self.fold_cache[key] = FoldConstants(
-                columns=fold_bias_columns(every_key_bias, head_dim ** -0.5, like.dtype),
+                columns=torch.cat([fold_bias_columns(every_key_bias, head_dim ** -0.5, like.dtype), every_key_owner], 1),
                 query_tail=query_tail(extra, like),
+                concept_tails=concept_tails(refs, extra, like),
                 zeros=torch.zeros(extra, dtype=like.dtype, device=like.device))
         return constants
 
 
 class FoldConstants(NamedTuple):
-    """columns: (R*M, 2) fold_bias_columns of every reference key (dropped ones included, so the
-    fold can run before the kept keys are picked); query_tail: (e,) [1, 1, 0...]; zeros: (e,),
-    with e = width - d."""
+    """columns: (R*M, 2 + R) of every reference key (dropped ones included, so the fold can run
+    before the kept keys are picked): fold_bias_columns, then a one-hot of the key's reference;
+    query_tail: (e,) [1, 1, 0...]; concept_tails: (R, e) (FoldedBlock); zeros: (e,), with
+    e = width - d."""
     columns: torch.Tensor
     query_tail: torch.Tensor
+    concept_tails: torch.Tensor
     zeros: torch.Tensor
 
 
@@ -58,14 +68,19 @@ class FoldedBlock(NamedTuple):
     """The kept reference keys and values in the fused attention's folded form, side by side in
     one tensor so that joining them to an image's own keys and values is one concatenation.
 
-    kv: (heads, K, 2*width): [k, hi, lo, 0... | v, 0...], width = d + 2 padded to 8, with
-        hi + lo = w/scale (fold_bias_columns); keys are kv[..., :width], values kv[..., width:].
+    kv: (heads, K, 2*width): [k, hi, lo, one-hot of the key's reference, 0... | v, 0...], width =
+        d + 2 + R padded to 8, with hi + lo = w/scale (fold_bias_columns); keys are
+        kv[..., :width], values kv[..., width:].
     query_tail: (width - d,) [1, 1, 0...]: queries [q, tail] pick up hi + lo for reference keys
-        and 0 for the image's own keys, whose extra columns are `zeros`.
+        and 0 for the image's own keys, whose extra columns are `zeros` (RSA: all references).
+    concept_tails: (R, width - d): row i is query_tail with -EXCLUSION in the one-hot column of
+        every reference but i: queries [q, row i] see their own keys and reference i only (RBA),
+        so the pixels of several concepts share one call over the whole block.
     zeros: (width - d,) the extra columns of the image's own keys and values.
     """
     kv: torch.Tensor
     query_tail: torch.Tensor
+    concept_tails: torch.Tensor
     zeros: torch.Tensor
 
 
@@ -148,6 +163,15 @@ def query_tail(length: int, like: torch.Tensor) -> torch.Tensor:
     return tail
 
 
+def concept_tails(refs: int, length: int, like: torch.Tensor) -> torch.Tensor:
+    """(refs, length): row i = query_tail with -EXCLUSION at the one-hot columns 2 + j, j != i."""
+    tails = torch.zeros(refs, length, dtype=like.dtype, device=like.device)
+    tails[:, :2].fill_(1)
+    eye = torch.eye(refs, dtype=like.dtype, device=like.device)
+    tails[:, 2 : 2 + refs].copy_(eye.sub(1).mul(EXCLUSION))  # -EXCLUSION off the diagonal, 0 on it
+    return tails
+
+
 def fold_block(keys, values, heads: int, index, constants: FoldConstants) -> FoldedBlock:
     """keys, values: (R, M, heads*d); index: (K,) kept flat positions (PackLayout.index);
     constants: PackLayout.fold_constants, whose dtype and device the block takes."""
@@ -156,14 +180,14 @@ def fold_block(keys, values, heads: int, index, constants: FoldConstants) -> Fol
     dtype, device = constants.query_tail.dtype, constants.query_tail.device
     key_part, value_part = (t.reshape(flat, heads, channels // heads).to(device=device, dtype=dtype)
                             for t in (keys, values))
-    extra = constants.zeros.shape[0]
-    # One cat writes keys, bias columns, values and the zero padding of every reference key, one
-    # gather keeps the masked ones: two launches per layer and step instead of four.
-    every_key = torch.cat([key_part, constants.columns[:, None].expand(flat, heads, 2),
-                           constants.zeros[2:].expand(flat, heads, extra - 2),
+    extra, columns = constants.zeros.shape[0], constants.columns.shape[1]
+    # One cat writes keys, bias and reference columns, values and the zero padding of every
+    # reference key, one gather keeps the masked ones: two launches per layer and step.
+    every_key = torch.cat([key_part, constants.columns[:, None].expand(flat, heads, columns),
+                           constants.zeros[columns:].expand(flat, heads, extra - columns),
                            value_part, constants.zeros.expand(flat, heads, extra)], dim=-1)
     kv = every_key.index_select(0, index).transpose(0, 1)
-    return FoldedBlock(kv, constants.query_tail, constants.zeros)
+    return FoldedBlock(kv, constants.query_tail, constants.concept_tails, constants.zeros)
 
 
 def _host_weights(weights, refs: int) -> list:

@@ -4,6 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import magicface_attn as mf
 
@@ -287,6 +288,65 @@ def test_fused_half_attention_applies_the_bias(dtype):
     share = torch.tensor(weight, dtype=torch.float64).exp()
     expected = (kept * share / (own + kept * share)).to(dtype).double()
     assert (out.double() - expected).abs().max() <= 2e-3 * expected
+
+
+def _three_concept_case(dtype):
+    """One row whose concepts 0, 1, 2 own scattered pixels; reference 1's keys are 3x every
+    query, so against the pixels of concepts 0 and 2 they would take nearly all the weight,
+    and its values sit 10 above the others: a leak of even a thousandth shows."""
+    heads, dim, tokens = 2, 16, 12
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, tokens, heads * dim, generator=gen) for _ in range(3))
+    ref_k = torch.stack([torch.randn(tokens, heads * dim, generator=gen), 3 * q[0],
+                         torch.randn(tokens, heads * dim, generator=gen)])
+    ref_v = torch.randn(3, tokens, heads * dim, generator=gen) + torch.tensor([0.0, 10.0, 0.0])[:, None, None]
+    owner = torch.tensor([0, 0, 2, 1, 1, -1, 2, 2, 0, -1, 2, 1])
+    regions = owner[None, None] == torch.arange(3)[None, :, None]
+    cast = [t.to(dtype) for t in (q, k, v, ref_k, ref_v)]
+    refs = mf.make_reference_kv(cast[3], cast[4], torch.ones(3, tokens, dtype=torch.bool), [2.5, 5.0, 1.0], heads)
+    return (*cast[:3], refs, regions, heads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_one_rba_call_shuts_out_the_other_concepts_references(dtype):
+    """Gathered RBA blends the pixels of every concept in one fused call over all references:
+    each pixel's query tail must shut the other concepts' references out completely. Run in
+    the dtype itself (the CPU API path would upcast the half ones)."""
+    q, k, v, refs, regions, heads = _three_concept_case(dtype)
+    split = lambda t: mf.heads_layout.split_heads(t, heads)  # noqa: E731
+    out = mf.plain_attention(q, k, v, heads)
+    mf.attention._rba_gathered(split(q), split(k), split(v), refs, mf.concept_pixel_groups(regions), out)
+    refs32 = mf.make_reference_kv(refs.keys.float(), refs.values.float(), refs.key_mask, [2.5, 5.0, 1.0], heads)
+    expected = mf.rba_attention(q.float(), k.float(), v.float(), refs32, regions, heads, impl="plain")
+    tolerance = 1e-5 if dtype == torch.float32 else 4e-3 * float(expected.abs().max())
+    assert (out.float() - expected).abs().max() <= tolerance
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_gathered_rba_makes_one_fused_call_for_all_concepts():
+    q, k, v, refs, regions, heads = _three_concept_case(torch.float32)
+
+    def ops_of_rba(concept_regions):
+        groups = mf.concept_pixel_groups(concept_regions)
+        refs.folded(q)  # made once per layer and step in the pack: not counted here
+        with _CountOps() as counter:
+            mf.rba_attention(q, k, v, refs, concept_regions, heads, groups=groups, plain=q.clone())
+        return counter.ops
+
+    one = ops_of_rba(regions & torch.tensor([True, False, False])[None, :, None])
+    three = ops_of_rba(regions)
+    assert sum("scaled_dot_product" in name for name in three) == 1
+    assert len(three) == len(one) + 1  # the three concepts' query tails are joined in one cat
 
 
 # On a GPU the fused kernels read the folded keys and values as two views of one tensor and the
