@@ -5,6 +5,7 @@ This package imports nothing from ComfyUI.
 """
 from .attention import (
     IMPLS,
+    PixelGroups,
     concept_owner,
     concept_pixel_groups,
     pixel_groups_of_grids,
@@ -43,7 +44,7 @@ __all__ = [
     "GAUSSIAN_KERNEL_SIZE", "GAUSSIAN_SIGMA", "IMPLS", "MASK_MODES", "MAX_GUIDANCE", "NORM_EPS",
     "RATE_CLAMP", "RATE_EPS", "REFERENCE_CFG", "REFERENCE_INJECT_STEP", "REFERENCE_MASK_ON_VALUE",
     "REFERENCE_MASK_SIZE", "REFERENCE_SEGMENTATION_DOWNSCALE", "REFERENCE_STEPS", "START_TOKEN",
-    "PackLayout", "ReferenceKV", "Segmentation", "concept_owner", "concept_pixel_groups", "gaussian_blur",
+    "PackLayout", "PixelGroups", "ReferenceKV", "Segmentation", "concept_owner", "concept_pixel_groups", "gaussian_blur",
     "gaussian_kernel",
     "head_mean_cross_probs", "make_reference_kv", "mask_to_layer", "pack_layout", "pixel_groups_of_grids",
     "plain_attention",
