@@ -44,9 +44,10 @@ class PackLayout:
             refs, tokens = self.key_mask.shape
             extra = padded_width(head_dim + 2 + refs) - head_dim
             every_key_bias = self.weights.to(like.device).repeat_interleave(tokens)
-            every_key_owner = torch.eye(refs, dtype=like.dtype, device=like.device).repeat_interleave(tokens, dim=0)
+            bias_columns = fold_bias_columns(every_key_bias, head_dim ** -0.5, like.dtype)
+            owner_columns = torch.eye(refs, dtype=like.dtype, device=like.device).repeat_interleave(tokens, dim=0)
             constants = self.fold_cache[key] = FoldConstants(
-                columns=torch.cat([fold_bias_columns(every_key_bias, head_dim ** -0.5, like.dtype), every_key_owner], 1),
+                columns=torch.cat([bias_columns, owner_columns], dim=1),
                 query_tail=query_tail(extra, like),
                 concept_tails=concept_tails(refs, extra, like),
                 zeros=torch.zeros(extra, dtype=like.dtype, device=like.device))
