@@ -316,7 +316,7 @@ def test_one_rba_call_shuts_out_the_other_concepts_references(dtype):
     split = lambda t: mf.heads_layout.split_heads(t, heads)  # noqa: E731
     out = mf.plain_attention(q, k, v, heads)
     mf.attention._rba_gathered(split(q), split(k), split(v), refs, mf.concept_pixel_groups(regions), out)
-    refs32 = mf.make_reference_kv(refs.keys.float(), refs.values.float(), refs.key_mask, [2.5, 5.0, 1.0], heads)
+    refs32 = mf.make_reference_kv(refs.keys.float(), refs.values.float(), refs.key_mask, refs.weights, heads)
     expected = mf.rba_attention(q.float(), k.float(), v.float(), refs32, regions, heads, impl="plain")
     tolerance = 1e-5 if dtype == torch.float32 else 4e-3 * float(expected.abs().max())
     assert (out.float() - expected).abs().max() <= tolerance
