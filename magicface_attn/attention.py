@@ -49,7 +49,8 @@ def plain_attention(q, k, v, heads: int) -> torch.Tensor:
 
 
 def _extend_queries(q_h, tail) -> torch.Tensor:
-    """(B, H, Nq, d) -> (B, H, Nq, d + len(tail)) queries [q, tail] (FoldedBlock.query_tail)."""
+    """(B, H, Nq, d) -> (B, H, Nq, d + e) queries [q, tail]; tail: (e,) for every query
+    (FoldedBlock.query_tail) or (Nq, e), one per query (RBA's concept tails)."""
     return torch.cat([q_h, tail.expand(*q_h.shape[:-1], -1)], dim=-1)
 
 
@@ -264,7 +265,7 @@ def _rba_gathered(q_h, k_h, v_h, refs: ReferenceKV, groups, out) -> None:
             continue
         pixels = _blended_pixels(row_groups, members, present)
         tails = _blended_tails(block, row_groups, present)
-        q_ext = torch.cat([q_h[row : row + 1, :, pixels], tails.expand(1, heads, -1, -1)], dim=-1)
+        q_ext = _extend_queries(q_h[row : row + 1, :, pixels], tails)
         own_kv = _own_block(k_h[row : row + 1], v_h[row : row + 1], block.zeros)
         blend = _joint_attention(q_ext, own_kv, block.kv, scale, dim)
         target_h[row].index_copy_(0, pixels, blend[0].transpose(0, 1).to(target.dtype))
