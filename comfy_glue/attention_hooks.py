@@ -141,8 +141,10 @@ class CrossAttentionHook:
     It also takes part in the chaining protocol of IPAdapter-style nodes (IPAdapter, InstantID,
     PuLID): applied after MagicFace, they find this hook at a layer and add() their callback,
     whose result is added to the attention output while the noise level lies within its
-    sigma_start..sigma_end. Each model clone gets its own copy (see __deepcopy__), so a callback
-    added on one clone never reaches the model it was cloned from.
+    sigma_start..sigma_end. Each model clone gets its own copy, so a callback added on one clone
+    never reaches the model it was cloned from: hosts that deep-copy model_options on clone()
+    call __deepcopy__; on hosts that share the objects, MagicFacePatch's clone callback swaps
+    in a detached() copy.
     """
 
     def __init__(self, layer, previous=None, owner=None, added=()):
@@ -151,6 +153,11 @@ class CrossAttentionHook:
 
     def __deepcopy__(self, memo):
         return CrossAttentionHook(self.layer, copy.deepcopy(self.previous, memo), self.owner, self.added)
+
+    def detached(self):
+        """A copy whose add() no longer reaches this hook (the wrapped replace stays shared, as
+        the host shares it between clones)."""
+        return CrossAttentionHook(self.layer, self.previous, self.owner, self.added)
 
     def around(self, foreign):
         """This hook wrapping `foreign`, a replace another node set at this layer after MagicFace

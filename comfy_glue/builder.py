@@ -41,18 +41,22 @@ def encode_text(clip, text):
     return cond, pooled
 
 
-def _square(image_hwc, size):
-    """(H, W, C) -> (size, size, C), squashed like the reference code; area filter when shrinking."""
+def _square(image_hwc, size, nearest=False):
+    """(H, W, C) -> (size, size, C), squashed like the reference code; area filter when shrinking,
+    or the reference code's own nearest-neighbour resize in reference mode."""
     chw = image_hwc.movedim(-1, 0)[None].float()
-    if chw.shape[-1] > size or chw.shape[-2] > size:
+    if nearest:
+        resized = F.interpolate(chw, size=(size, size), mode="nearest")
+    elif chw.shape[-1] > size or chw.shape[-2] > size:
         resized = F.interpolate(chw, size=(size, size), mode="area")
     else:
         resized = F.interpolate(chw, size=(size, size), mode="bilinear", align_corners=False)
     return resized[0].movedim(0, -1).clamp(0, 1)
 
 
-def _reference_images(concepts, size):
-    return torch.stack([_square(c.image, size) for c in concepts])
+def _reference_images(concepts, size, mask_mode):
+    nearest = mask_mode == keys.MASK_MODE_REFERENCE
+    return torch.stack([_square(c.image, size, nearest) for c in concepts])
 
 
 def _reference_latents(model_patcher, vae, images):
@@ -119,7 +123,8 @@ def _validate_clip(model_patcher, cond):
             "connect the CLIP output of the same checkpoint as the model (SD1.x: 768, SD2.x: 1024, SDXL: 2048).")
 
 
-def apply_magicface(model, clip, vae, concepts, prompt, schedule, seed=0, reference_size=0):
+def apply_magicface(model, clip, vae, concepts, prompt, schedule, seed=0, reference_size=0,
+                    reference_noise=keys.REFERENCE_NOISE_PER_LEVEL):
     """Returns (patched clone, positive CONDITIONING of the prompt, the MagicFacePatch or None)."""
     if not prompt.strip():
         raise MagicFaceInputError(NODE, "prompt", "the prompt is empty.",
@@ -157,7 +162,7 @@ def apply_magicface(model, clip, vae, concepts, prompt, schedule, seed=0, refere
     sampling = model_sampling_of(model)
     sigma_of = lambda fraction: float(sampling.percent_to_sigma(float(fraction)))
     context, ref_pooled = _reference_context(clip, concepts)
-    images = _reference_images(concepts, size)
+    images = _reference_images(concepts, size, schedule.mask_mode)
     latents = _reference_latents(model, vae, images)
     plan = MagicFacePlan(
         injection_layers=tuple(injection), segmentation_layers=tuple(segmentation),
@@ -168,7 +173,7 @@ def apply_magicface(model, clip, vae, concepts, prompt, schedule, seed=0, refere
         ca_scale=schedule.resolved_ca_scale(len(concepts)), semantic_cfg=bool(schedule.semantic_cfg),
         sigma_start=sigma_of(schedule.start_at), sigma_switch=sigma_of(schedule.switch_at),
         sigma_end=sigma_of(schedule.end_at), seed=int(seed), reference_every=int(schedule.reference_every),
-        prompt_context=cond[0].cpu())
+        prompt_context=cond[0].cpu(), reference_noise=reference_noise)
     patched = model.clone()
     patch = MagicFacePatch(plan)
     patch.install(patched)

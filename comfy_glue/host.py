@@ -48,6 +48,15 @@ def add_outer_sample_wrapper(model_patcher, key, wrapper):
     model_patcher.add_wrapper_with_key(patcher_extension.WrappersMP.OUTER_SAMPLE, key, wrapper)
 
 
+def add_clone_callback(model_patcher, key, callback) -> bool:
+    """Calls callback(parent, clone) at every clone of model_patcher (and of its clones), where
+    the host offers clone callbacks. Returns False on hosts without them."""
+    if patcher_extension is None or not hasattr(model_patcher, "add_callback_with_key"):
+        return False
+    model_patcher.add_callback_with_key(patcher_extension.CallbacksMP.ON_CLONE, key, callback)
+    return True
+
+
 def noise_to_sigma(model_sampling, sigma, noise, latent):
     """Forward-diffuse a clean latent to noise level sigma with the model's own rule."""
     return model_sampling.noise_scaling(sigma.reshape(-1, 1, 1, 1), noise, latent)

@@ -33,6 +33,13 @@ SEGMENTATION_ALL_LAYERS = "all layers"
 SEGMENTATION_ONE_PER_BLOCK = "one per block"
 SEGMENTATION_LAYER_SETS = (SEGMENTATION_ALL_LAYERS, SEGMENTATION_ONE_PER_BLOCK)
 
+# Where the references' per-step noise comes from. "per noise level": a generator seeded by the
+# seed and the noise level, whatever the sampler. "published script": the published MagicFace
+# script's stream (see reference_pass.PublishedNoiseStream).
+REFERENCE_NOISE_PER_LEVEL = "per noise level"
+REFERENCE_NOISE_PUBLISHED = "published script"
+REFERENCE_NOISE_SOURCES = (REFERENCE_NOISE_PER_LEVEL, REFERENCE_NOISE_PUBLISHED)
+
 MASK_MODE_AREA = "area"
 MASK_MODE_REFERENCE = "reference"
 MASK_MODES = (MASK_MODE_AREA, MASK_MODE_REFERENCE)

@@ -7,6 +7,8 @@ Hooks installed (all wrap what was there before, never overwrite it):
   or a separate pass, see coupling.py), segmentation at the end of a call;
 - sampler_cfg_function: semantic-aware CFG (when enabled), and a post-CFG function that keeps it
   on where another node replaces the cfg function later (see guidance_hook.py);
+- ON_CLONE callback where the host has one: a clone gets its own cross-attention hooks (see
+  CloneSeparator);
 - OUTER_SAMPLE wrapper where the host has one, so a run's state is created and released in
   a try/finally around the whole sampling. The 2024 host has no such hook: there a run
   starts at the first model call whose sigma is above the previous one, and the previous
@@ -17,7 +19,7 @@ from .attention_hooks import CrossAttentionHook, SelfAttentionHook, prepare_rba_
 from .batch_rows import batch_rows, stack_elements, uncond_half_rows
 from .concepts import _SharedOnCopy
 from .guidance_hook import SemanticGuidanceBackstop, SemanticGuidanceHook
-from .host import add_outer_sample_wrapper, get_attention_replace, has_outer_sample_wrapper
+from .host import add_clone_callback, add_outer_sample_wrapper, get_attention_replace, has_outer_sample_wrapper
 from .layers import layer_hw
 from .coupling import can_couple, coupled_inputs
 from .reference_pass import ReferenceInputs, run_reference_pass
@@ -60,6 +62,7 @@ class MagicFacePatch(_SharedOnCopy):
             model_patcher.set_model_sampler_post_cfg_function(SemanticGuidanceBackstop(self))
         if has_outer_sample_wrapper(model_patcher):
             add_outer_sample_wrapper(model_patcher, keys.WRAPPER_KEY, OuterSampleHook(self))
+        add_clone_callback(model_patcher, keys.WRAPPER_KEY, CloneSeparator(self))
 
     # --- run lifecycle --------------------------------------------------------------------
     def start_run(self, owned_by_wrapper: bool):
@@ -100,6 +103,22 @@ class MagicFacePatch(_SharedOnCopy):
         if self._run is not None:
             return self._run.report()
         return self.last_report
+
+
+class CloneSeparator(_SharedOnCopy):
+    """Clone callback: a clone that holds the very same cross-attention hook as the model it was
+    cloned from (hosts whose clone() no longer deep-copies model_options) gets its own copy, so
+    an IPAdapter-style node that add()s to the clone's hook leaves the original model alone."""
+
+    def __init__(self, patch):
+        self.patch = patch
+
+    def __call__(self, parent, clone):
+        for kind, key in self.patch.installed:
+            hook = get_attention_replace(clone, kind, key)
+            if isinstance(hook, CrossAttentionHook) and hook.owner is self.patch \
+                    and hook is get_attention_replace(parent, kind, key):
+                clone.set_model_attn2_replace(hook.detached(), key[0], key[1], key[2])
 
 
 class OuterSampleHook(_SharedOnCopy):
@@ -155,7 +174,8 @@ class ModelCallHook(_SharedOnCopy):
             if not extra_pass:
                 run.check_prompt(c["c_crossattn"], cond_or_uncond, chunk)
             refs = run.cached(("reference inputs", x.device, c["c_crossattn"].dtype, "y" in c),
-                              lambda: ReferenceInputs(run.plan, apply_model.__self__, c, x.device))
+                              lambda: ReferenceInputs(run.plan, apply_model.__self__, c, x.device,
+                                                      (chunk,) + tuple(x.shape[1:])))
             box = can_couple(x, c, refs, has_foreign_wrapper=self.previous is not None) if fresh else None
             coupled = box is not None
             rows = run.cached(("rows", cond_or_uncond, chunk, coupled, x.device),

@@ -26,6 +26,7 @@ class MagicFacePlan(_SharedOnCopy):
     RSA while sigma > sigma_switch, RBA after.
     reference_every: the references' features are recomputed at one step in this many and reused
     in between (1: every step, as the reference code; more is faster and approximate).
+    reference_noise: keys.REFERENCE_NOISE_SOURCES, where the references' per-step noise comes from.
     """
     injection_layers: tuple
     segmentation_layers: tuple
@@ -47,6 +48,7 @@ class MagicFacePlan(_SharedOnCopy):
     reference_every: int = 1
     reference_concat: Optional[torch.Tensor] = None
     prompt_context: Optional[torch.Tensor] = None
+    reference_noise: str = keys.REFERENCE_NOISE_PER_LEVEL
 
     @property
     def concept_count(self) -> int:

@@ -14,7 +14,7 @@ import torch
 
 from . import keys
 from .host import noise_to_sigma
-from .run_state import CallContext
+from .run_state import CallContext, same_sigma
 
 # Mixes the user's seed with the noise level so each step gets fresh but reproducible
 # reference noise, independent of how often the sampler calls the model.
@@ -25,6 +25,45 @@ def reference_noise(seed: int, sigma: float, shape):
     generator = torch.Generator(device="cpu")
     generator.manual_seed((seed * 1_000_003 + int(round(sigma * _SIGMA_SEED_SCALE))) % (2 ** 63))
     return torch.randn(shape, generator=generator, dtype=torch.float32)
+
+
+class PerLevelNoise:
+    """reference_noise of the seed at every noise level (the default source)."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def __call__(self, sigma: float, shape):
+        return reference_noise(self.seed, sigma, shape)
+
+
+class PublishedNoiseStream:
+    """The published MagicFace script's reference noise, for one run.
+
+    The script seeds torch's CPU generator, draws the target's initial latent, then draws one
+    (R, C, h, w) tensor at each step for the references. ComfyUI's KSampler draws its initial
+    noise from a CPU generator seeded with its own seed, so with the same seed in both nodes
+    the first draw is the script's initial latent; this stream skips it and gives the k-th new
+    noise level of the run the k-th draw after it (the same draw for repeated calls at one level).
+
+    target_shape: (B, C, H, W) of the sampler's latent batch.
+    """
+
+    def __init__(self, seed: int, target_shape):
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        torch.randn(tuple(target_shape), generator=self.generator, dtype=torch.float32)
+        self.last = None  # (sigma, noise) of the newest level
+
+    def __call__(self, sigma: float, shape):
+        if self.last is None or not same_sigma(self.last[0], sigma):
+            self.last = (sigma, torch.randn(tuple(shape), generator=self.generator, dtype=torch.float32))
+        return self.last[1]
+
+
+def noise_source(plan, target_shape):
+    if plan.reference_noise == keys.REFERENCE_NOISE_PUBLISHED:
+        return PublishedNoiseStream(plan.seed, target_shape)
+    return PerLevelNoise(plan.seed)
 
 
 class OutputBlockCut:
@@ -93,11 +132,11 @@ class ReferenceInputs:
     latents: (R, C_lat, h, w) float32 clean latents; context: (R, T_ref, C_ctx) in the target
     context's dtype; adm: (R, C_adm) 'y' vector on models that take one (SDXL), else None;
     concat: (R, C_extra, h, w) float32 extra input channels (c_concat) on models that take them,
-    else None.
+    else None. target_shape: (B, C, H, W) of the sampler's latent batch (see noise_source).
     """
 
-    def __init__(self, plan, base_model, target_c, device):
-        self.seed = plan.seed
+    def __init__(self, plan, base_model, target_c, device, target_shape):
+        self.noise = noise_source(plan, target_shape)
         self.latents = plan.reference_latents.to(device, torch.float32)
         self.count = self.latents.shape[0]
         self.latent_hw = tuple(self.latents.shape[-2:])
@@ -111,7 +150,7 @@ class ReferenceInputs:
         """(noisy latents (R, C_lat, h, w) float32, sigma (R,) float32) at noise level sigma_value."""
         device = self.latents.device
         sigma = torch.full((self.count,), sigma_value, device=device, dtype=torch.float32)
-        noise = reference_noise(self.seed, sigma_value, self.latents.shape).to(device)
+        noise = self.noise(sigma_value, self.latents.shape).to(device)
         return noise_to_sigma(self.model_sampling, sigma, noise, self.latents), sigma
 
     def noisy_in_frame(self, sigma_value: float, box: Letterbox):

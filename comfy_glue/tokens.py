@@ -34,10 +34,14 @@ def _token_rows(tokenized):
 
 
 def _word_ids(tokenizer_fn, words: str):
-    """Token keys of the words alone, without start/end/padding tokens."""
+    """Token keys of the words alone: those strictly between the start token and the first end
+    token of their own tokenization. The two are read off the tokenization of an empty text
+    (start, end, padding...), since the padding differs: SD1 and SDXL's CLIP-L pad with the end
+    token, SD2 and SDXL's CLIP-G with id 0."""
+    start, end = _token_rows(tokenizer_fn(""))[0][:2]
     ids = _token_rows(tokenizer_fn(words))[0]
-    start, pad = ids[0], ids[-1]  # a chunk opens with the start token and ends padded
-    return [t for t in ids[1:] if t not in (start, pad)]
+    body = ids[1:] if ids[0] == start else ids
+    return body[:body.index(end)] if end in body else body
 
 
 def _find(sequence, pattern):

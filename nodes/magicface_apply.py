@@ -31,11 +31,17 @@ class MagicFaceApply:
                 "reference_size": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 64,
                                            "tooltip": "Square size the references are encoded at. 0 = the model's "
                                                       "native size (512 SD1.x, 768 SD2-v, 1024 SDXL)."}),
+                "reference_noise": (list(keys.REFERENCE_NOISE_SOURCES), {
+                    "tooltip": "per noise level: fresh noise at each step from the seed and the noise level "
+                               "(any sampler). published script: the published MagicFace script's noise stream; "
+                               "with the same seed here and in the KSampler, ddim / ddim_uniform and 50 steps, "
+                               "the references get the very noise of the published run."}),
             },
         }
 
-    def apply(self, model, clip, vae, prompt, concepts=None, schedule=None, seed=0, reference_size=0):
+    def apply(self, model, clip, vae, prompt, concepts=None, schedule=None, seed=0, reference_size=0,
+              reference_noise=keys.REFERENCE_NOISE_PER_LEVEL):
         patched, positive, patch = apply_magicface(model, clip, vae, concepts or ConceptList(), prompt,
                                                    schedule or StageSchedule(), seed=seed,
-                                                   reference_size=reference_size)
+                                                   reference_size=reference_size, reference_noise=reference_noise)
         return patched, positive, patch

@@ -100,6 +100,16 @@ def validate(prompt: dict):
     return run_maybe_async(execution.validate_prompt(str(uuid.uuid4()), prompt, None))
 
 
+def classic_cache_arguments(execution) -> dict:
+    """Keyword arguments for PromptExecutor that pick the classic output cache. Hosts whose
+    executor reads cache_args (RAM headroom, LRU size) get them, zeroed: the classic cache
+    uses none of them; older hosts take only the server."""
+    parameters = inspect.signature(execution.PromptExecutor).parameters
+    if "cache_args" not in parameters:
+        return {}
+    return {"cache_type": execution.CacheType.CLASSIC, "cache_args": {"lru": 0, "ram": 0, "ram_inactive": 0}}
+
+
 class _ServerStub:
     """The few PromptServer members the executor touches (messages are kept
     by the executor itself in ``status_messages``)."""
@@ -123,7 +133,7 @@ class InProcessRunner:
     def __init__(self, host: InProcessHost):
         import execution
         self.host = host
-        self.executor = execution.PromptExecutor(_ServerStub())
+        self.executor = execution.PromptExecutor(_ServerStub(), **classic_cache_arguments(execution))
 
     def run(self, prompt: dict) -> GraphResult:
         """Validate then execute ``prompt``; never raises for workflow errors."""

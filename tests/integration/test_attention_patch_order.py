@@ -30,6 +30,12 @@ class AdapterReplace:
     def add(self, callback, **kwargs):
         self.callbacks.append((callback, kwargs))
 
+    def copy(self):
+        callback, kwargs = self.callbacks[0]
+        duplicate = AdapterReplace(callback, **kwargs)
+        duplicate.callbacks = list(self.callbacks)
+        return duplicate
+
     def __call__(self, q, k, v, extra):
         import comfy.ldm.modules.attention as attention
         out = attention.optimized_attention(q, k, v, extra["n_heads"])
@@ -59,7 +65,13 @@ class IdentityAdapter:
         for layer in layers.list_attention_layers(patched.model.diffusion_model):
             if layer.has_cross:
                 kwargs = dict(weight=weight, sigma_start=float("inf"), sigma_end=0.0)
-                if layer.key in attn2:
+                if isinstance(attn2.get(layer.key), AdapterReplace):
+                    # Its own replace from an earlier application: copied, since newer hosts share
+                    # the objects in model_options between clones (what this stand-in does to its
+                    # own objects is not under test; MagicFace's hooks below are).
+                    attn2[layer.key] = attn2[layer.key].copy()
+                    attn2[layer.key].add(self.callback, **kwargs)
+                elif layer.key in attn2:
                     attn2[layer.key].add(self.callback, **kwargs)
                 else:
                     attn2[layer.key] = AdapterReplace(self.callback, **kwargs)
@@ -87,6 +99,23 @@ def test_ipadapter_style_add_after_magicface(tiny, negative):
     assert torch.equal(sample(patched, positive, negative, latent, steps=STEPS), magicface_only)
     assert torch.equal(sample(both, positive, negative, latent, steps=STEPS), out)
     assert not torch.equal(sample(twice, positive, negative, latent, steps=STEPS), out)
+
+
+def test_each_clone_holds_its_own_cross_attention_hooks(tiny):
+    """Whatever clone() copies on this host (deep copies on older hosts, the same objects on
+    newer ones), a clone of a patched model and the model itself never share a hook that
+    IPAdapter-style nodes add() to; the hooks of a clone of a clone are its own too."""
+    model, clip, vae = tiny
+    patched, _, patch = apply(model, clip, vae, _concept(), "a photo of a man")
+    clone = patched.clone()
+    grandchild = clone.clone()
+    replaces = lambda m: m.model_options["transformer_options"]["patches_replace"]["attn2"]  # noqa: E731
+    cross_keys = [key for kind, key in patch.installed if kind == "attn2"]
+    assert cross_keys
+    for key in cross_keys:
+        hooks = [replaces(m)[key] for m in (patched, clone, grandchild)]
+        assert len({id(h) for h in hooks}) == 3, key
+        assert all(h.owner is patch and h.layer.key == key for h in hooks)
 
 
 def test_ipadapter_style_before_magicface_matches_after(tiny, negative):
