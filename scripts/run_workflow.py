@@ -31,13 +31,14 @@ def main() -> int:
     args = parser.parse_args()
 
     from harness import InProcessRunner, bootstrap_in_process, load_workflow, txt2img
+    from harness.host import describe_host
     from harness.tiny_models import write_all
 
     out = args.out.resolve()
     host = bootstrap_in_process(out / "run", out / "models", args.input_dir)
     if not host.pack_loaded:
         print("warning: ComfyUI could not import the pack (see log above)", file=sys.stderr)
-    print(f"ComfyUI host: {host.root}")
+    print(f"host: {describe_host(host.root)}")
     ckpt = write_all(host.models_dir)["checkpoint"]  # reused on later runs
     if args.workflow:
         prompt = load_workflow(args.workflow, ckpt.name)

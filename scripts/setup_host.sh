@@ -45,6 +45,7 @@ if [[ -f $stamp ]]; then
 fi
 
 log() { echo "[setup_host] $*" >&2; }
+NEWEST_FRONT_ENDS="1.58.1"
 export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 pip_args=(--no-input --progress-bar off)
 [[ $(id -u) == 0 ]] && pip_args+=(--root-user-action=ignore)
@@ -82,6 +83,11 @@ else
     grep -E '^(torch|torchvision)==' "$repo/requirements-test.txt" > "$venv/torch-constraints.txt"
     pip -c "$venv/torch-constraints.txt" -r "$repo/requirements-test.txt" \
         -r "$venv/host-requirements.txt" "torchaudio>=2.11,<2.12"
+    # The newest front end on the registry, which the browser tests also serve from this host
+    # (--front-end-root), beside the one the tree pins.
+    for front_end in $NEWEST_FRONT_ENDS; do
+        pip --no-deps --target "$venv/front-ends/$front_end" "comfyui-frontend-package==$front_end"
+    done
 fi
 "$venv/bin/python" -c "import torch, torchvision, transformers, safetensors, aiohttp, kornia, pytest" >&2
 echo "$comfy_root" > "$venv/comfyui-root"

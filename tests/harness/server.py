@@ -43,8 +43,10 @@ class ComfyServer:
     manager, or through the ``comfy_server`` pytest fixture.
     """
 
-    def __init__(self, root: Path, work_dir: Path, models_dir: Path, python: str = sys.executable):
+    def __init__(self, root: Path, work_dir: Path, models_dir: Path, python: str = sys.executable,
+                 extra_args=()):
         self.root, self.work_dir, self.models_dir, self.python = Path(root), Path(work_dir), Path(models_dir), python
+        self.extra_args = list(extra_args)  # more main.py options, e.g. --front-end-root <dir>
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.log_path = self.work_dir / "server.log"
@@ -77,7 +79,11 @@ class ComfyServer:
         if "--user-directory" in cli_args:  # newer hosts: keep user data/db out of the checkout
             cmd += ["--user-directory", str(dirs["user"]),
                     "--database-url", f"sqlite:///{dirs['user'] / 'comfyui.db'}"]
-        return cmd
+        return cmd + self.extra_args
+
+    def accepts_option(self, option: str) -> bool:
+        """Whether this host's main.py knows a command-line option (e.g. --front-end-root)."""
+        return option in (self.root / "comfy" / "cli_args.py").read_text()
 
     def start(self, timeout: float = 180) -> "ComfyServer":
         check_host_layout(self.root)

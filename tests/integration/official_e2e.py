@@ -239,12 +239,17 @@ def _labels(patch, steps):
 
 def free_running(run: OfficialRun, model, positive, negative, patch, unet) -> Replay:
     """The whole run through ComfyUI's KSampler code: sampler ddim, scheduler ddim_uniform, the
-    run's seed (ComfyUI's initial noise of that seed is the published z_T)."""
+    run's seed. ComfyUI's noise of that seed is the published z_T, but ComfyUI starts from
+    sigma * noise at the first timestep where diffusers starts from z_T itself as x_ddim
+    (sqrt(1 + sigma^2) * noise in ComfyUI's terms, 0.29 % more at t = 981): the noise handed to
+    the sampler is scaled by that ratio, so the run starts where the published one does."""
     import comfy.sample
     m, t = run.meta, run.tensors
     latent = torch.zeros_like(t["z_T"])
-    noise = comfy.sample.prepare_noise(latent, int(m["seed"]))
-    assert torch.equal(noise, t["z_T"]), "ComfyUI's noise of the seed is not the published z_T"
+    assert torch.equal(comfy.sample.prepare_noise(latent, int(m["seed"])), t["z_T"]), \
+        "ComfyUI's noise of the seed is not the published z_T"
+    sigma_first = sigmas_of(unet, m["timesteps"])[0]
+    noise = from_ddim(t["z_T"], sigma_first) / sigma_first
     before, denoised = [], []
 
     def record(step, x0, x, total):

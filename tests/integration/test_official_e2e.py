@@ -119,15 +119,13 @@ def _worst_one_step_error(unet, settings, steps):
     return max(e2e.relative_l2(replay.latents[i], run.tensors["latents"][i]) for i in range(steps))
 
 
-@pytest.mark.parametrize("move", ["weight", "layer", "switch step"])
+@pytest.mark.parametrize("move", ["weight", "layer"])
 def test_moving_one_setting_breaks_the_replay(unet, move):
+    """Two teacher-forced steps of the first MagicFace run, with its weight lowered by a fifth or
+    its first injection layer left out, no longer agree with the official steps."""
     settings = e2e.Settings.of(e2e.load_run(FIRST_MAGICFACE_RUN))
-    steps = 2
     if move == "weight":
         settings.weights[0] *= 0.8
-    elif move == "layer":
+    else:
         settings.layer_idx = settings.layer_idx[1:]
-    else:  # RBA one step earlier: the replay must reach that step
-        settings.switch_step -= 1
-        steps = settings.switch_step + 1
-    assert _worst_one_step_error(unet, settings, steps) > ONE_STEP_TOLERANCE
+    assert _worst_one_step_error(unet, settings, steps=2) > ONE_STEP_TOLERANCE

@@ -1,14 +1,20 @@
 """The pack in a real browser: headless Debian Chromium (driven by Playwright) against a real
-ComfyUI server with this pack. Every example workflow loads with no missing node and no console
-error, MagicFace Apply marks the concept words as the prompt is edited, and a queued workflow
-shows its preview images. Screenshots go to $MAGICFACE_ARTIFACTS (default tests/ui/artifacts).
+ComfyUI server with this pack, on every front end the host can serve: its own (the legacy UI of
+the 2024 host, or the package a newer host pins) and, on hosts with --front-end-root, the newest
+front end of the registry (installed by scripts/setup_host.sh) in its classic canvas mode and in
+Nodes 2.0 mode (nodes drawn as HTML). On each: every example workflow loads with no missing node,
+no console error and no deprecation warning from the pack, and with no two nodes overlapping;
+MagicFace Apply marks the concept words as the prompt is edited and shows both warnings as
+visible HTML; a queued workflow shows its preview images. Screenshots go to $MAGICFACE_ARTIFACTS
+(default tests/ui/artifacts), one per front end and check.
 
 Install: scripts/setup_browser.sh <venv> (apt chromium + the playwright package; no browser download).
-The host under test is the harness's (COMFYUI_PATH picks the 2025 host and its front end).
 """
 import json
 import os
+import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -23,7 +29,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 ARTIFACTS = Path(os.environ.get("MAGICFACE_ARTIFACTS", Path(__file__).parent / "artifacts"))
 VIEWPORT = {"width": 1920, "height": 1080}
 THREE_CONCEPTS = "magicface_three_concepts"
-REFRESH_WAIT_MS = 900  # the extension re-reads prompts every 400 ms
+REFRESH_WAIT_MS = 500  # the extension re-renders right after the event that changed it
 
 pytestmark = pytest.mark.server
 if not CHROMIUM.is_file():
@@ -34,6 +40,16 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="run scripts/setup_
 
 def host_tag(server) -> str:
     return "legacy" if not (Path(server.root) / "comfy_execution").is_dir() else "current"
+
+
+def newest_front_ends() -> list:
+    """(version, static folder) of the front ends scripts/setup_host.sh put beside this env."""
+    folders = sorted((Path(sys.prefix) / "front-ends").glob("*/comfyui_frontend_package/static"))
+    return [(folder.parents[1].name, folder) for folder in folders]
+
+
+FRONT_ENDS = [("host", None, False)] + [(f"{version} {mode}", folder, vue) for version, folder in newest_front_ends()
+                                        for mode, vue in (("classic", False), ("nodes2", True))]
 
 
 PACK_URL_PART = "/extensions/ComfyUI-MagicFace/"
@@ -66,21 +82,54 @@ def post(server, path, value) -> None:
         pass  # a host without this endpoint has nothing to prepare there
 
 
-def prepare_fresh_user(server) -> None:
+def prepare_fresh_user(server, vue_nodes: bool) -> None:
     """Make the user dir look like a settled user of the current front end: no first-run tour, no
-    release-notes check (the tests run offline), and the canvas navigation settings stored (on an
-    unsettled user dir, front end 1.27 throws while migrating them)."""
+    release-notes check (the tests run offline), the canvas navigation settings stored (on an
+    unsettled user dir, front end 1.27 throws while migrating them), and the node rendering mode."""
     settings = {"Comfy.TutorialCompleted": True, "Comfy.Notification.ShowVersionUpdates": False,
                 "Comfy.Canvas.NavigationMode": "legacy", "Comfy.Canvas.LeftMouseClickBehavior": "panning",
-                "Comfy.Canvas.MouseWheelScroll": "zoom"}
+                "Comfy.Canvas.MouseWheelScroll": "zoom", "Comfy.VueNodes.Enabled": vue_nodes}
     for key, value in settings.items():
         post(server, f"/settings/{key}", value)
 
 
+@pytest.fixture(scope="module", params=FRONT_ENDS, ids=[label for label, _, _ in FRONT_ENDS])
+def served(request, comfy_host, comfy_server, tiny_models, tmp_path_factory):
+    """(server, label, Nodes 2.0 on) for one front end: the host's server, or one serving the
+    newest front end through --front-end-root."""
+    label, folder, vue = request.param
+    if folder is None:
+        yield comfy_server, label, vue
+        return
+    if not comfy_server.accepts_option("--front-end-root"):
+        pytest.skip(f"this ComfyUI host cannot serve another front end (no --front-end-root): {label}")
+    from harness import ComfyServer
+    server = ComfyServer(comfy_host.root, tmp_path_factory.mktemp("front_end"), comfy_host.models_dir,
+                         extra_args=["--front-end-root", str(folder)])
+    server.start()
+    try:
+        yield server, label, vue
+    finally:
+        server.stop()
+
+
+# Deprecation warnings of front ends that report them (1.58: LiteGraph.onDeprecationWarning),
+# kept with the stack that raised them, so the pack's own can be told from the front end's.
+CAPTURE_DEPRECATIONS = """() => {
+    window.magicfaceDeprecations = [];
+    const listeners = window.LiteGraph?.onDeprecationWarning;
+    if (!Array.isArray(listeners)) return false;
+    window.LiteGraph.alwaysRepeatWarnings = true;
+    listeners.push((message) => window.magicfaceDeprecations.push({ message, stack: new Error().stack }));
+    return true;
+}"""
+
+
 @pytest.fixture(scope="module")
-def page(comfy_server, examples_dir):
-    stage_inputs(comfy_server.work_dir / "input", examples_dir)
-    prepare_fresh_user(comfy_server)
+def page(served, examples_dir):
+    server, label, vue = served
+    stage_inputs(server.work_dir / "input", examples_dir)
+    prepare_fresh_user(server, vue)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True)
@@ -90,21 +139,28 @@ def page(comfy_server, examples_dir):
         tab.on("console", lambda m: front_end_noise(m) and tab.front_end_errors.append(f"{m.text} ({m.location})"))
         tab.on("pageerror", lambda e: (tab.console_errors if is_the_packs(str(e.stack)) else
                                        tab.front_end_errors).append(f"page error: {e.stack}"))
-        tab.goto(comfy_server.url, wait_until="networkidle", timeout=120_000)
+        tab.goto(server.url, wait_until="networkidle", timeout=120_000)
         tab.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=120_000)
+        tab.evaluate(CAPTURE_DEPRECATIONS)
         tab.wait_for_timeout(1500)
-        tab.tag = host_tag(comfy_server)
+        tab.tag = f"{host_tag(server)}_{label.replace(' ', '_').replace('.', '_')}"
+        tab.vue_nodes, tab.server = vue, server
         yield tab
         browser.close()
         # The front end's own messages, kept for a reader of the artefacts (not the pack's).
         (ARTIFACTS / f"{tab.tag}_front_end_console.txt").write_text("\n".join(tab.front_end_errors) + "\n")
 
 
+def packs_deprecations(page) -> list:
+    found = page.evaluate("() => window.magicfaceDeprecations ?? []")
+    return [d["message"] for d in found if is_the_packs("", d["stack"])]
+
+
 def load(page, name):
     """Load a UI workflow; returns the node types the front end does not know."""
     missing = page.evaluate("""async (graph) => {
         await app.loadGraphData(graph);
-        return app.graph._nodes.filter((n) => !LiteGraph.registered_node_types[n.type]).map((n) => n.type);
+        return (app.graph.nodes ?? app.graph._nodes).filter((n) => !LiteGraph.registered_node_types[n.type]).map((n) => n.type);
     }""", ui_workflow(name))
     page.wait_for_load_state("networkidle")
     page.wait_for_timeout(REFRESH_WAIT_MS)
@@ -112,7 +168,7 @@ def load(page, name):
 
 
 FIT_VIEW = """() => {
-    const nodes = app.graph._nodes, ds = app.canvas.ds, margin = 30, title = 30;
+    const nodes = app.graph.nodes ?? app.graph._nodes, ds = app.canvas.ds, margin = 30, title = 30;
     const left = Math.min(...nodes.map((n) => n.pos[0])) - margin;
     const top = Math.min(...nodes.map((n) => n.pos[1])) - title - margin;
     const right = Math.max(...nodes.map((n) => n.pos[0] + n.size[0])) + margin;
@@ -133,11 +189,41 @@ def shoot(page, name):
 
 
 def apply_state(page):
-    return page.evaluate("() => app.graph._nodes.find((n) => n.magicfaceState).magicfaceState()")
+    return page.evaluate("() => app.graph.findNodesByType('MagicFaceApply')[0].magicfaceState()")
 
 
 def word_view(page):
-    return page.evaluate("() => app.graph._nodes.find((n) => n.magicfaceView).magicfaceView.element.innerText")
+    return page.evaluate("() => app.graph.findNodesByType('MagicFaceApply')[0].magicfaceView.element.innerText")
+
+
+def warnings_shown(page) -> dict:
+    """What a user sees of the warnings, read from the page: the visible warning lines' text, and
+    whether the words panel has its red frame (an outline, drawn by the browser in every mode)."""
+    panel = page.locator(".magicface-words").first
+    lines = [line.inner_text() for line in page.locator(".magicface-words .mf-warning").all() if line.is_visible()]
+    outline = panel.evaluate("(el) => getComputedStyle(el).outlineColor")
+    return {"lines": lines, "framed": panel.is_visible() and outline == "rgb(255, 85, 85)"}
+
+
+NODE_BOXES = """(vue) => {
+    if (vue) {  // Nodes 2.0: each node is an HTML element
+        return [...document.querySelectorAll("[data-node-id]")].filter((el) => el.offsetParent !== null)
+            .map((el) => { const r = el.getBoundingClientRect();
+                           return [el.dataset.nodeId, r.left, r.top, r.right, r.bottom]; });
+    }
+    const title = LiteGraph.NODE_TITLE_HEIGHT;
+    return (app.graph.nodes ?? app.graph._nodes).map((n) => [String(n.id), n.pos[0], n.pos[1] - title, n.pos[0] + n.size[0], n.pos[1] + n.size[1]]);
+}"""
+
+
+def overlapping_nodes(page) -> list:
+    boxes = {}
+    for node_id, *box in page.evaluate(NODE_BOXES, page.vue_nodes):
+        boxes.setdefault(node_id, box)  # a Vue node's inner elements may carry its id too: the outer one
+    ids = sorted(boxes)
+    return [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]
+            if min(boxes[a][2], boxes[b][2]) - max(boxes[a][0], boxes[b][0]) > 1
+            and min(boxes[a][3], boxes[b][3]) - max(boxes[a][1], boxes[b][1]) > 1]
 
 
 @pytest.mark.parametrize("text, url, packs", [
@@ -153,6 +239,7 @@ def test_console_messages_are_told_apart_by_source(text, url, packs):
 
 def test_no_console_errors_on_start(page):
     assert page.console_errors == [], page.console_errors
+    assert packs_deprecations(page) == []
 
 
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
@@ -165,16 +252,34 @@ def test_example_workflow_loads(page, name):
         assert values[:len(expected[node_id])] == expected[node_id], f"{name} node {node_id}"
     assert apply_state(page)["unwired"] is False, f"{name}: MagicFace Apply's positive is not used"
     shoot(page, name)
+    assert overlapping_nodes(page) == [], f"{name}: nodes overlap"
     assert page.console_errors == [], f"{name}: {page.console_errors}"
+    assert packs_deprecations(page) == [], name
 
 
 def edit_prompt(page, text):
-    """Type into MagicFace Apply's prompt box like a user (the textarea), not through the API."""
-    box = page.evaluate_handle("""() => {
-        const widget = app.graph._nodes.find((n) => n.magicfaceView).widgets.find((w) => w.name === "prompt");
-        return widget.inputEl ?? widget.element;
-    }""")
-    box.as_element().fill(text)
+    """Type into MagicFace Apply's prompt box like a user (its textarea), not through the API."""
+    if page.vue_nodes:
+        apply_id = page.evaluate("() => app.graph.findNodesByType('MagicFaceApply')[0].id")
+        box = page.locator(f'[data-node-id="{apply_id}"] textarea').first
+    else:
+        box = page.evaluate_handle("""() => {
+            const widget = app.graph.findNodesByType('MagicFaceApply')[0].widgets.find((w) => w.name === "prompt");
+            return widget.inputEl ?? widget.element;
+        }""").as_element()
+    box.fill(text)
+    page.wait_for_timeout(REFRESH_WAIT_MS)
+
+
+def set_words(page, old, new):
+    """A Concept Loader's words changed as the canvas's value prompt does: the value, then its callback."""
+    page.evaluate("""([old, value]) => {
+        const loader = app.graph.findNodesByType("MagicFaceConceptLoader")
+            .find((n) => n.widgets.find((w) => w.name === "words").value === old);
+        const widget = loader.widgets.find((w) => w.name === "words");
+        widget.value = value;
+        widget.callback?.(value);
+    }""", [old, new])
     page.wait_for_timeout(REFRESH_WAIT_MS)
 
 
@@ -185,24 +290,21 @@ def test_concept_words_are_marked_as_the_prompt_is_edited(page):
     state = apply_state(page)
     marked = {w["text"]: w["colour"] for w in state["words"] if w["concept"] >= 0}
     assert marked == {"man": palette[0], "hat": palette[1], "sunglasses": palette[2]}
-    assert state["missing"] == []
+    assert state["missing"] == [] and warnings_shown(page) == {"lines": [], "framed": False}
 
     edit_prompt(page, "a man with a cap wearing a sunglasses")
-    assert "'hat' is not in the prompt" in word_view(page)
+    shown = warnings_shown(page)
+    assert shown["framed"] and any("'hat' is not in the prompt" in line for line in shown["lines"]), shown
     assert [m["words"] for m in apply_state(page)["missing"]] == ["hat"]
     shoot(page, "concept_word_missing")
 
-    page.evaluate("""() => {
-        const hat = app.graph._nodes.find((n) => n.type === "MagicFaceConceptLoader"
-            && n.widgets.find((w) => w.name === "words").value === "hat");
-        hat.widgets.find((w) => w.name === "words").value = "cap";
-    }""")
-    page.wait_for_timeout(REFRESH_WAIT_MS)
+    set_words(page, "hat", "cap")
     state = apply_state(page)
-    assert state["missing"] == [] and "not in the prompt" not in word_view(page)
+    assert state["missing"] == [] and warnings_shown(page) == {"lines": [], "framed": False}
     assert {w["text"]: w["colour"] for w in state["words"] if w["concept"] >= 0}["cap"] == palette[1]
     shoot(page, "concept_word_fixed")
     assert page.console_errors == [], page.console_errors
+    assert packs_deprecations(page) == []
 
 
 def test_an_unconnected_positive_output_is_flagged(page):
@@ -211,28 +313,30 @@ def test_an_unconnected_positive_output_is_flagged(page):
     assert apply_state(page)["unwired"] is False and "is not connected" not in word_view(page)
     # The user's own CLIP Text Encode into the sampler instead of Apply's 'positive'.
     page.evaluate("""() => {
-        const apply = app.graph._nodes.find((n) => n.magicfaceView);
+        const apply = app.graph.findNodesByType("MagicFaceApply")[0];
         apply.disconnectOutput(apply.outputs.findIndex((o) => o.name === "positive"));
     }""")
     page.wait_for_timeout(REFRESH_WAIT_MS)
     assert apply_state(page)["unwired"] is True
-    assert "'positive' is not connected" in word_view(page)
+    shown = warnings_shown(page)
+    assert shown["framed"] and any("'positive' is not connected" in line for line in shown["lines"]), shown
     shoot(page, "positive_unconnected")
     assert page.console_errors == [], page.console_errors
+    assert packs_deprecations(page) == []
 
 
-def test_queued_workflow_shows_preview_images(page, comfy_server, tiny_sd15_ckpt):
+def test_queued_workflow_shows_preview_images(page, tiny_sd15_ckpt):
     page.console_errors.clear()
     load(page, "magicface_one_face")
     previews = page.evaluate("""(ckpt) => {
-        const set = (type, name, value) => app.graph._nodes.filter((n) => n.type === type)
+        const set = (type, name, value) => app.graph.findNodesByType(type)
             .forEach((n) => { n.widgets.find((w) => w.name === name).value = value; });
         set("CheckpointLoaderSimple", "ckpt_name", ckpt);   // the tiny CPU model, small and fast
         set("EmptyLatentImage", "width", 128);
         set("EmptyLatentImage", "height", 128);
         set("KSampler", "steps", 2);
         set("MagicFaceApply", "reference_size", 128);
-        return app.graph._nodes.filter((n) => n.type === "PreviewImage").map((n) => n.id);
+        return app.graph.findNodesByType("PreviewImage").map((n) => n.id);
     }""", tiny_sd15_ckpt.name)
     page.evaluate("() => app.queuePrompt(0, 1)")
     deadline = time.monotonic() + 400
@@ -245,5 +349,20 @@ def test_queued_workflow_shows_preview_images(page, comfy_server, tiny_sd15_ckpt
         })""", previews)
     page.wait_for_timeout(1500)
     shoot(page, "queued_one_face")
-    assert sorted(shown) == sorted(previews), f"previews shown: {shown} of {previews}\n{comfy_server.log_tail()}"
+    assert sorted(shown) == sorted(previews), f"previews shown: {shown} of {previews}\n{page.server.log_tail()}"
     assert page.console_errors == [], page.console_errors
+
+
+def test_templates_list_every_workflow_with_its_thumbnail(comfy_server):
+    """The template browser's endpoint lists every example, and each thumbnail loads as an image."""
+    try:
+        with urllib.request.urlopen(f"{comfy_server.url}/api/workflow_templates", timeout=10) as response:
+            listed = json.load(response)
+    except urllib.error.HTTPError as error:
+        pytest.skip(f"this ComfyUI host has no template browser endpoint ({error.code})")
+    assert sorted(listed.get("ComfyUI-MagicFace", [])) == WORKFLOW_NAMES
+    for name in WORKFLOW_NAMES:
+        url = f"{comfy_server.url}/api/workflow_templates/ComfyUI-MagicFace/{urllib.parse.quote(name)}.jpg"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.status == 200 and response.headers["Content-Type"] == "image/jpeg", name
+            assert response.read(3) == b"\xff\xd8\xff", f"{name}.jpg is not a JPEG"
