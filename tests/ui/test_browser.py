@@ -10,6 +10,7 @@ visible HTML; a queued workflow shows its preview images. Screenshots go to $MAG
 
 Install: scripts/setup_browser.sh <venv> (apt chromium + the playwright package; no browser download).
 """
+import io
 import json
 import os
 import sys
@@ -188,6 +189,50 @@ def shoot(page, name):
     page.screenshot(path=str(ARTIFACTS / f"{page.tag}_{name}.png"))
 
 
+# A large page, so that the whole graph fits at a scale the canvas draws in full detail.
+THUMBNAIL_VIEWPORT = {"width": 3600, "height": 2000}
+THUMBNAIL_CLIP = {"x": 60, "y": 90, "width": 3480, "height": 1820}  # the graph, without the app's bars
+THUMBNAIL_WIDTH = 960
+HIDE_OVERLAYS = "[class*=minimap] { display: none !important; }"
+# Notices floating over the graph (a missing model: the examples name checkpoints the tests lack).
+HIDE_NOTICES = """() => {
+    for (const el of document.querySelectorAll("body *")) {
+        const style = getComputedStyle(el);
+        if ((style.position === "fixed" || style.position === "absolute") && /missing/i.test(el.innerText ?? "")
+            && el.getBoundingClientRect().width < 800) el.style.setProperty("display", "none", "important");
+    }
+}"""
+# The whole graph into the clip's region of the page (the canvas spans the window under the bars).
+FIT_INTO = """(clip) => {
+    const nodes = app.graph.nodes ?? app.graph._nodes, ds = app.canvas.ds, pad = 20;
+    const title = LiteGraph.NODE_TITLE_HEIGHT;
+    const left = Math.min(...nodes.map((n) => n.pos[0])), top = Math.min(...nodes.map((n) => n.pos[1] - title));
+    const right = Math.max(...nodes.map((n) => n.pos[0] + n.size[0]));
+    const bottom = Math.max(...nodes.map((n) => n.pos[1] + n.size[1]));
+    ds.scale = Math.min((clip.width - 2 * pad) / (right - left), (clip.height - 2 * pad) / (bottom - top));
+    ds.offset[0] = (clip.x + pad) / ds.scale - left;
+    ds.offset[1] = (clip.y + pad) / ds.scale - top;
+    app.canvas.setDirty(true, true);
+}"""
+
+
+def save_thumbnail(page, name):
+    """The loaded graph as a template thumbnail (ARTIFACTS/thumbnails/<name>.jpg; the files in
+    workflows/ are these, from the newest front end's classic mode)."""
+    from PIL import Image
+    page.set_viewport_size(THUMBNAIL_VIEWPORT)
+    page.add_style_tag(content=HIDE_OVERLAYS)
+    page.wait_for_timeout(800)
+    page.evaluate(HIDE_NOTICES)
+    page.evaluate(FIT_INTO, THUMBNAIL_CLIP)
+    page.wait_for_timeout(800)
+    picture = Image.open(io.BytesIO(page.screenshot(clip=THUMBNAIL_CLIP))).convert("RGB")
+    page.set_viewport_size(VIEWPORT)
+    picture = picture.resize((THUMBNAIL_WIDTH, round(picture.height * THUMBNAIL_WIDTH / picture.width)), Image.LANCZOS)
+    (ARTIFACTS / "thumbnails").mkdir(parents=True, exist_ok=True)
+    picture.save(ARTIFACTS / "thumbnails" / f"{name}.jpg", quality=85)
+
+
 def apply_state(page):
     return page.evaluate("() => app.graph.findNodesByType('MagicFaceApply')[0].magicfaceState()")
 
@@ -252,6 +297,8 @@ def test_example_workflow_loads(page, name):
         assert values[:len(expected[node_id])] == expected[node_id], f"{name} node {node_id}"
     assert apply_state(page)["unwired"] is False, f"{name}: MagicFace Apply's positive is not used"
     shoot(page, name)
+    if page.tag.endswith("classic"):
+        save_thumbnail(page, name)
     assert overlapping_nodes(page) == [], f"{name}: nodes overlap"
     assert page.console_errors == [], f"{name}: {page.console_errors}"
     assert packs_deprecations(page) == [], name
