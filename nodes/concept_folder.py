@@ -1,7 +1,9 @@
 """MagicFace Concept From Folder: concepts laid out like the reference code's data directory.
 
-<input>/<folder>/image/<name>.jpg and <input>/<folder>/mask/<name>.jpg (matching names). Only
-folders inside ComfyUI's input directory are listed and opened.
+<input>/<folder>/image/<name>.jpg and <input>/<folder>/mask/<name>.jpg (matching names). The
+dropdown lists the folders of ComfyUI's input directory that hold image/ and mask/, links among
+them (a link placed in input/ is the user's choice), and only a listed folder is opened; its
+files must lie inside it (resolved), so a link inside image/ or mask/ cannot lead elsewhere.
 """
 import os
 
@@ -26,6 +28,10 @@ def concept_folders():
         return []
     return sorted(name for name in os.listdir(root)
                   if os.path.isdir(os.path.join(root, name, "image")) and os.path.isdir(os.path.join(root, name, "mask")))
+
+
+def _plain(name):
+    return bool(name) and name not in (".", "..") and not any(sep in name for sep in ("/", "\\", os.sep))
 
 
 def _inside(root, path):
@@ -70,25 +76,35 @@ class MagicFaceConceptFromFolder:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, folder, name, **_):
+    def VALIDATE_INPUTS(cls, folder):
         try:
-            cls._paths(folder, name)
+            cls._folder(folder)
         except MagicFaceInputError as error:
             return str(error)
         return True
 
     @staticmethod
-    def _paths(folder, name):
-        root = folder_paths.get_input_directory()
-        base = os.path.join(root, folder)
-        if not folder or os.sep in name or "/" in name or not _inside(root, base) or not _inside(base, os.path.join(base, name)):
-            raise MagicFaceInputError(NODE, "folder", f"'{folder}/{name}' is outside ComfyUI's input directory.",
-                                      "pick a folder listed in the dropdown and a plain file name.")
+    def _folder(folder):
+        if not _plain(folder) or folder not in concept_folders():
+            raise MagicFaceInputError(NODE, "folder", f"'{folder}' is not a concept folder of ComfyUI's input "
+                                      "directory.", "pick a folder listed in the dropdown (a folder of input/ "
+                                      "holding image/ and mask/).")
+        return os.path.join(folder_paths.get_input_directory(), folder)
+
+    @classmethod
+    def _paths(cls, folder, name):
+        base = cls._folder(folder)
+        if not _plain(name):
+            raise MagicFaceInputError(NODE, "name", f"'{name}' is not a plain file name.",
+                                      "type the name of a file in image/ and mask/, without folders (e.g. 'man').")
         image = _find(os.path.join(base, "image"), name)
         mask = _find(os.path.join(base, "mask"), name)
         if image is None or mask is None:
             raise MagicFaceInputError(NODE, "name", f"no image/{name}.* and mask/{name}.* pair in '{folder}'.",
                                       "use a name present in both image/ and mask/ (jpg, png or webp).")
+        if not (_inside(base, image) and _inside(base, mask)):
+            raise MagicFaceInputError(NODE, "name", f"'{folder}/{name}' links to a file outside '{folder}'.",
+                                      "put the image and mask files themselves into image/ and mask/.")
         return image, mask
 
     def load(self, folder, name, words, weight, reference_prompt="", previous=None):

@@ -44,7 +44,8 @@ def reference_mask(mask, image_hw, node: str) -> torch.Tensor:
 def checked_weight(weight: float, node: str) -> float:
     if not (0.0 <= weight <= MAX_WEIGHT):
         raise MagicFaceInputError(node, "weight", f"{weight} is outside 0..{MAX_WEIGHT}.",
-                                  "use 1.2 to 4.0 (3.0 for a single face is a good start); 0 disables the concept.")
+                                  "use 1.2 to 4.0 (3.0 for a single face is a good start); 0 takes the reference out of "
+                                  "the attention (its word still shapes the segmentation and semantic CFG).")
     return float(weight)
 
 

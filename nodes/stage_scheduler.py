@@ -57,12 +57,13 @@ class MagicFaceStageScheduler:
 
     def schedule(self, switch_at, start_at, end_at, layers, custom_layers, ca_scale, semantic_cfg, mask_mode,
                  reference_every=1, segmentation_layers=keys.SEGMENTATION_ALL_LAYERS):
-        if not start_at <= switch_at <= end_at:
-            raise MagicFaceInputError(NODE, "switch_at", f"need start_at <= switch_at <= end_at, got "
-                                      f"{start_at}, {switch_at}, {end_at}.", "order the three fractions.")
         if start_at >= end_at:
             raise MagicFaceInputError(NODE, "end_at", f"start_at {start_at} >= end_at {end_at}: MagicFace would "
                                       "never act.", "set end_at above start_at (defaults: 0.0 and 1.0).")
+        if not start_at <= switch_at <= end_at:
+            raise MagicFaceInputError(NODE, "switch_at", f"{switch_at} lies outside start_at..end_at "
+                                      f"({start_at}..{end_at}).", "set switch_at between start_at and end_at: "
+                                      "RBA takes over from RSA there (default 0.42).")
         if not 1 <= int(reference_every) <= MAX_REFERENCE_EVERY:
             raise MagicFaceInputError(NODE, "reference_every", f"{reference_every} is outside 1..{MAX_REFERENCE_EVERY}.",
                                       "use 1 (exact) or a small step count such as 2 or 4.")

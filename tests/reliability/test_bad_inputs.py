@@ -69,12 +69,19 @@ def _case(name, input_dir, ckpt):
     if name == "empty effect window":
         graph["8"]["inputs"].update(start_at=0.5, switch_at=0.5, end_at=0.5)
         return graph, "[MagicFace Stage Scheduler] input 'end_at'"
+    if name == "switch outside the window":
+        graph["8"]["inputs"].update(start_at=0.2, switch_at=0.8, end_at=0.6)
+        return graph, "[MagicFace Stage Scheduler] input 'switch_at': 0.8 lies outside start_at..end_at"
+    if name == "start after end":
+        graph["8"]["inputs"].update(start_at=0.7, switch_at=0.5, end_at=0.3)
+        return graph, "[MagicFace Stage Scheduler] input 'end_at': start_at 0.7 >= end_at 0.3"
     raise KeyError(name)
 
 
 CASES = ["word not in prompt", "word claimed twice", "more concepts than words", "mask of another size",
          "empty mask", "RGBA reference", "greyscale reference", "batched reference", "negative weight",
-         "absurd weight", "layers the model lacks", "latent not divisible by the strides", "empty effect window"]
+         "absurd weight", "layers the model lacks", "latent not divisible by the strides", "empty effect window",
+         "switch outside the window", "start after end"]
 
 
 def _error_text(result):
