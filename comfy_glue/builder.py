@@ -41,22 +41,41 @@ def encode_text(clip, text):
     return cond, pooled
 
 
-def _square(image_hwc, size, nearest=False):
-    """(H, W, C) -> (size, size, C), squashed like the reference code; area filter when shrinking,
-    or the reference code's own nearest-neighbour resize in reference mode."""
+def _squashed(image_hwc, size):
+    """(H, W, C) -> (size, size, C), squashed with nearest-neighbour sampling as the published
+    loader does (reference mode)."""
     chw = image_hwc.movedim(-1, 0)[None].float()
-    if nearest:
-        resized = F.interpolate(chw, size=(size, size), mode="nearest")
-    elif chw.shape[-1] > size or chw.shape[-2] > size:
-        resized = F.interpolate(chw, size=(size, size), mode="area")
+    return F.interpolate(chw, size=(size, size), mode="nearest")[0].movedim(0, -1).clamp(0, 1)
+
+
+def _resized(image_hwc, hw):
+    """(H, W, C) -> (h, w, C): area filter when shrinking, bilinear when enlarging."""
+    chw = image_hwc.movedim(-1, 0)[None].float()
+    if chw.shape[-2] > hw[0] or chw.shape[-1] > hw[1]:
+        resized = F.interpolate(chw, size=hw, mode="area")
     else:
-        resized = F.interpolate(chw, size=(size, size), mode="bilinear", align_corners=False)
+        resized = F.interpolate(chw, size=hw, mode="bilinear", align_corners=False)
     return resized[0].movedim(0, -1).clamp(0, 1)
 
 
+def _fitted(image_hwc, size, pad_mode):
+    """(H, W, C) -> (size, size, C) keeping the aspect: the longer side fills the square and the
+    shorter is centred. Images are padded by repeating their edge pixels ("replicate": the
+    UNet's convolutions near the border then see the picture's colours, not a flat fill), masks
+    with 0 ("constant"), so the padding's keys never reach the target's attention."""
+    height, width = image_hwc.shape[:2]
+    scale = size / max(height, width)
+    inner = (max(1, round(height * scale)), max(1, round(width * scale)))
+    top, left = (size - inner[0]) // 2, (size - inner[1]) // 2
+    chw = _resized(image_hwc, inner).movedim(-1, 0)[None]
+    padded = F.pad(chw, (left, size - inner[1] - left, top, size - inner[0] - top), mode=pad_mode)
+    return padded[0].movedim(0, -1)
+
+
 def _reference_images(concepts, size, mask_mode):
-    nearest = mask_mode == keys.MASK_MODE_REFERENCE
-    return torch.stack([_square(c.image, size, nearest) for c in concepts])
+    if mask_mode == keys.MASK_MODE_REFERENCE:
+        return torch.stack([_squashed(c.image, size) for c in concepts])
+    return torch.stack([_fitted(c.image, size, "replicate") for c in concepts])
 
 
 def _reference_latents(model_patcher, vae, images):
@@ -86,7 +105,7 @@ def _reference_masks(concepts, size, mask_mode):
     if mask_mode == keys.MASK_MODE_REFERENCE:
         # The reference code binarises the 8-bit mask (only 255 survives) and squashes it to 128x128.
         return torch.stack([reference_mode_mask((c.mask * 255).round().to(torch.uint8)) for c in concepts])
-    return torch.stack([_square(c.mask[..., None], size)[..., 0] for c in concepts])
+    return torch.stack([_fitted(c.mask[..., None], size, "constant")[..., 0] for c in concepts])
 
 
 def _reference_context(clip, concepts):

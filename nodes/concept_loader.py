@@ -10,6 +10,9 @@ from ..comfy_glue.errors import MagicFaceInputError
 log = logging.getLogger("MagicFace")
 NODE = "MagicFace Concept Loader"
 MAX_WEIGHT = 10.0
+# Below this many pixels on its shorter side a reference has fewer than 8 latent pixels there
+# (the VAE's stride is 8): it is enlarged many times to the reference size and its details blur.
+MIN_REFERENCE_SIDE = 64
 
 
 def reference_image(image: torch.Tensor, node: str) -> torch.Tensor:
@@ -24,6 +27,10 @@ def reference_image(image: torch.Tensor, node: str) -> torch.Tensor:
     picture = image[0].float().cpu()
     if picture.shape[-1] == 1:
         picture = picture.expand(-1, -1, 3)
+    if min(picture.shape[:2]) < MIN_REFERENCE_SIDE:
+        log.warning("[%s] the reference image is %dx%d px: it is enlarged many times to the reference size "
+                    "(512 px on SD1.x) and its details blur; use an image of at least %d px on each side.",
+                    node, picture.shape[1], picture.shape[0], MIN_REFERENCE_SIDE)
     return picture[..., :3].clamp(0, 1)
 
 
@@ -76,7 +83,9 @@ class MagicFaceConceptLoader:
                 "words": ("STRING", {"default": "man", "tooltip": "Word(s) of the target prompt that name this concept."}),
                 "weight": ("FLOAT", {"default": 3.0, "min": 0.0, "max": MAX_WEIGHT, "step": 0.1,
                                      "tooltip": "Attention bonus on the reference (logit +weight). 1.2-4.0; "
-                                                "raise if the concept is ignored, lower if it is copied too literally."}),
+                                                "raise if the concept is ignored, lower if it is copied too literally. "
+                                                "0 takes the reference out of the attention; its word still shapes "
+                                                "the segmentation and semantic CFG."}),
             },
             "optional": {
                 "mask": ("MASK", {"tooltip": "Where the concept is in the reference image. Unconnected: whole image."}),
