@@ -33,12 +33,16 @@ def _token_rows(tokenized):
     return [[_token_key(t[0]) for t in chunk] for chunk in tokenized]
 
 
-def _word_ids(tokenizer_fn, words: str):
+def _start_and_end(tokenizer_fn):
+    """The start and end token keys, read off the tokenization of an empty text (start, end,
+    padding...): the padding differs, SD1 and SDXL's CLIP-L pad with the end token, SD2 and
+    SDXL's CLIP-G with id 0."""
+    return tuple(_token_rows(tokenizer_fn(""))[0][:2])
+
+
+def _word_ids(tokenizer_fn, words: str, start, end):
     """Token keys of the words alone: those strictly between the start token and the first end
-    token of their own tokenization. The two are read off the tokenization of an empty text
-    (start, end, padding...), since the padding differs: SD1 and SDXL's CLIP-L pad with the end
-    token, SD2 and SDXL's CLIP-G with id 0."""
-    start, end = _token_rows(tokenizer_fn(""))[0][:2]
+    token of their own tokenization."""
     ids = _token_rows(tokenizer_fn(words))[0]
     body = ids[1:] if ids[0] == start else ids
     return body[:body.index(end)] if end in body else body
@@ -64,8 +68,9 @@ def locate_concept_tokens(tokenizer_fn, prompt: str, concept_words):
     ids = [t for _, t in flat]
     owners = {}
     located = []
+    start, end = _start_and_end(tokenizer_fn)
     for index, words in enumerate(concept_words):
-        pattern = _word_ids(tokenizer_fn, words)
+        pattern = _word_ids(tokenizer_fn, words, start, end)
         if not words.strip() or not pattern:
             raise MagicFaceInputError(NODE, "concepts", f"concept {index + 1} has no words.",
                                       "type the word of the prompt that names this concept in its Concept Loader.")

@@ -133,7 +133,7 @@ def clip_for(run: OfficialRun) -> RecordedClip:
 
 
 # --- the run's settings as node inputs ---------------------------------------------------------
-def fraction_between(model_sampling, timesteps, step: int) -> float:
+def fraction_between(timesteps, step: int) -> float:
     """A schedule fraction whose sigma lies between the sigmas of timesteps[step] and the next
     (ComfyUI maps fraction p to timestep (1 - p) * 999)."""
     if step <= 0:
@@ -175,11 +175,10 @@ def patched_model(run: OfficialRun, unet, settings: Settings):
         concepts = node("MagicFaceConceptLoader").load(image, word, float(settings.weights[i]), mask=mask,
                                                        reference_prompt=m["ref_prompts"][i], previous=concepts)[0]
     timesteps = m["timesteps"]
-    sampling = unet.get_model_object("model_sampling") if hasattr(unet, "get_model_object") else unet.model.model_sampling
     schedule = node("MagicFaceStageScheduler").schedule(
-        switch_at=fraction_between(sampling, timesteps, settings.switch_step),
-        start_at=fraction_between(sampling, timesteps, int(m["start_step"])),
-        end_at=fraction_between(sampling, timesteps, int(m["end_step"])),
+        switch_at=fraction_between(timesteps, settings.switch_step),
+        start_at=fraction_between(timesteps, int(m["start_step"])),
+        end_at=fraction_between(timesteps, int(m["end_step"])),
         layers="custom", custom_layers=custom_layers(settings.layer_idx), ca_scale=settings.ca_scale,
         semantic_cfg=True, mask_mode="reference")[0]
     z0 = t["z0"]
