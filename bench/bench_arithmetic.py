@@ -11,10 +11,8 @@ attention (RSA or RBA beyond the plain attention it replaces). Everything runs o
 device through the pack's own functions and the host's UNet: no weights, no memory, seconds on
 a CPU. The "arithmetic ratio" it derives is what MagicFace / plain tends to where time follows
 arithmetic, not a measurement: kernel launches, memory traffic, the semantic guidance (a few
-element-wise ops per step) and fused kernels that round head widths up (FlashAttention runs 72-
-and 80-wide heads as 96) come on top, while larger batches can run more efficiently (on the
-2-thread CPU of the README, SD1.5 at 256x256, 8 steps, R=2: counted 2.02x, 1.52x, 1.27x with
-references every 1, 2, 4 steps; timed 1.80x, 1.48x, 1.36x).
+element-wise ops per step) and fused kernels that round head widths up come on top, while larger batches can run more
+efficiently (docs/performance.md sets counts beside timings).
 Concept masks and regions are those of bench_pipeline.py (rectangles covering 19-47 %).
 """
 import argparse

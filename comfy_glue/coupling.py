@@ -1,8 +1,8 @@
 """Batch coupling: the references' rows ride in the target's own model call.
 
-Measured on an H100 (SD1.5, 512x512, fp16) one UNet call on 2+R rows costs about what a
-2-row call costs, while a separate R-row pass costs a whole second call, mostly host-side
-launch overhead. Coupling is used whenever nothing else could see the extra rows; otherwise
+Where the GPU waits on kernel launches (SD1.5 on a fast card), one UNet call on 2+R rows
+costs little more than a 2-row call, while a separate R-row pass costs a whole second call;
+docs/performance.md has the measurements. Coupling is used whenever nothing else could see the extra rows; otherwise
 the separate pass runs (reference_pass.py), so other nodes' patches never meet reference rows:
 - another model_function_wrapper, or any attention/block patch that is not MagicFace's own (callbacks
   that IPAdapter-style nodes added to its hooks count as another node's);

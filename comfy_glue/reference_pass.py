@@ -157,9 +157,9 @@ class ReferenceInputs:
         """noisy() placed in the target's frame, the border filled with wrapped copies of it.
 
         The border's keys are masked out, but the references' own group norms, convolutions and
-        self-attention still see it. Copies of the reference keep those close to a pass at the
-        reference's own size: on the tiny test model a zero border moved the result by 28-72 % of
-        MagicFace's whole effect against that pass, wrapped copies by 10-20 %.
+        self-attention still see it. Copies of the reference keep those closer to a pass at the
+        reference's own size than a zero border does (docs/compatibility.md has the figures,
+        tests/integration/test_reference_rows.py the bound).
         """
         noisy, sigma = self.noisy(sigma_value)
         return self.in_frame(noisy, box), sigma

@@ -1,9 +1,9 @@
 """Run an API-format workflow on the tiny random checkpoint, in-process.
 
 Used by scripts/demo.sh.  With no --workflow it runs the three-concept example
-(workflows/api/magicface_three_concepts.json: man + hat + sunglasses) on the
-published example references from ../shared/data/magicface_examples, shrunk to
-what a CPU runs in seconds; --txt2img runs the plain built-in graph instead.
+(workflows/api/MagicFace three concepts.json: man + hat + sunglasses) on the
+published example references (--examples: a folder of the published repository's
+example concepts, laid out as docs/development.md says), shrunk to what a CPU runs in seconds; --txt2img runs the plain built-in graph instead.
 A workflow file may name its checkpoint "$CHECKPOINT" (or any ckpt_name) and
 will get the tiny one.  The pack is loaded by ComfyUI from a custom_nodes
 symlink, exactly as for users.
@@ -45,7 +45,7 @@ def main() -> int:
     elif not args.txt2img and args.examples.is_dir():
         from ui.ui_support import api_workflow, stage_inputs, tiny_names
         stage_inputs(host.input_dir, args.examples)
-        prompt = api_workflow("magicface_three_concepts", tiny_names(host.models_dir))
+        prompt = api_workflow("MagicFace three concepts", tiny_names(host.models_dir))
         print("demo: three concepts (man, hat, sunglasses) from", args.examples)
     else:
         if not args.txt2img:

@@ -13,6 +13,7 @@ Install: scripts/setup_browser.sh <venv> (apt chromium + the playwright package;
 import io
 import json
 import os
+import re
 import sys
 import time
 import urllib.error
@@ -29,7 +30,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = Path(os.environ.get("MAGICFACE_ARTIFACTS", Path(__file__).parent / "artifacts"))
 VIEWPORT = {"width": 1920, "height": 1080}
-THREE_CONCEPTS = "magicface_three_concepts"
+THREE_CONCEPTS = "MagicFace three concepts"
 REFRESH_WAIT_MS = 500  # the extension re-renders right after the event that changed it
 
 pytestmark = pytest.mark.server
@@ -168,23 +169,9 @@ def load(page, name):
     return missing
 
 
-FIT_VIEW = """() => {
-    const nodes = app.graph.nodes ?? app.graph._nodes, ds = app.canvas.ds, margin = 30, title = 30;
-    const left = Math.min(...nodes.map((n) => n.pos[0])) - margin;
-    const top = Math.min(...nodes.map((n) => n.pos[1])) - title - margin;
-    const right = Math.max(...nodes.map((n) => n.pos[0] + n.size[0])) + margin;
-    const bottom = Math.max(...nodes.map((n) => n.pos[1] + n.size[1])) + margin;
-    const width = app.canvas.canvas.clientWidth, height = app.canvas.canvas.clientHeight;
-    ds.scale = Math.min(1, width / (right - left), height / (bottom - top));
-    ds.offset[0] = width / ds.scale / 2 - (left + right) / 2;
-    ds.offset[1] = height / ds.scale / 2 - (top + bottom) / 2;
-    app.canvas.setDirty(true, true);
-}"""
-
-
 def shoot(page, name):
     """Screenshot of the whole graph (the legacy front end does not restore a workflow's view)."""
-    page.evaluate(FIT_VIEW)
+    page.evaluate(FIT_INTO, SHOT_CLIP)
     page.wait_for_timeout(500)
     page.screenshot(path=str(ARTIFACTS / f"{page.tag}_{name}.png"))
 
@@ -193,6 +180,7 @@ def shoot(page, name):
 THUMBNAIL_VIEWPORT = {"width": 3600, "height": 2000}
 THUMBNAIL_CLIP = {"x": 60, "y": 90, "width": 3480, "height": 1820}  # the graph, without the app's bars
 THUMBNAIL_WIDTH = 960
+SHOT_CLIP = {"x": 30, "y": 90, "width": VIEWPORT["width"] - 60, "height": VIEWPORT["height"] - 180}
 HIDE_OVERLAYS = "[class*=minimap] { display: none !important; }"
 # Notices floating over the graph (a missing model: the examples name checkpoints the tests lack).
 HIDE_NOTICES = """() => {
@@ -374,7 +362,7 @@ def test_an_unconnected_positive_output_is_flagged(page):
 
 def test_queued_workflow_shows_preview_images(page, tiny_sd15_ckpt):
     page.console_errors.clear()
-    load(page, "magicface_one_face")
+    load(page, "MagicFace one face")
     previews = page.evaluate("""(ckpt) => {
         const set = (type, name, value) => app.graph.findNodesByType(type)
             .forEach((n) => { n.widgets.find((w) => w.name === name).value = value; });
@@ -408,8 +396,40 @@ def test_templates_list_every_workflow_with_its_thumbnail(comfy_server):
     except urllib.error.HTTPError as error:
         pytest.skip(f"this ComfyUI host has no template browser endpoint ({error.code})")
     assert sorted(listed.get("ComfyUI-MagicFace", [])) == WORKFLOW_NAMES
+    # The template browser shows the file name as the card's title and description.
+    assert all(re.fullmatch(r"MagicFace [A-Za-z ]+", name) for name in WORKFLOW_NAMES), WORKFLOW_NAMES
     for name in WORKFLOW_NAMES:
         url = f"{comfy_server.url}/api/workflow_templates/ComfyUI-MagicFace/{urllib.parse.quote(name)}.jpg"
         with urllib.request.urlopen(url, timeout=10) as response:
             assert response.status == 200 and response.headers["Content-Type"] == "image/jpeg", name
             assert response.read(3) == b"\xff\xd8\xff", f"{name}.jpg is not a JPEG"
+
+
+TEMPLATE_CARDS = """() => {
+    const dialog = document.querySelector("[role=dialog]");
+    if (!dialog) return null;
+    const titles = [...dialog.querySelectorAll("h3")].map((h) => h.textContent.trim());
+    const thumbnails = [...dialog.querySelectorAll("img")].filter((img) => img.complete).map((img) => img.naturalWidth);
+    return { titles, thumbnails };
+}"""
+
+
+def test_template_browser_shows_readable_cards_with_thumbnails(page):
+    """What a user sees in the template browser: the pack's category, one card per example with a
+    readable title and its thumbnail drawn (front ends with a template browser command)."""
+    if not page.evaluate("() => !!app.extensionManager?.command?.commands?.some?.((c) => c.id === 'Comfy.BrowseTemplates')"):
+        pytest.skip("this front end has no template browser command")
+    page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    try:
+        page.get_by_text("ComfyUI-MagicFace", exact=True).first.click(timeout=20_000)
+        page.wait_for_function(f"() => document.querySelectorAll('[role=dialog] img').length >= {len(WORKFLOW_NAMES)}",
+                               timeout=20_000)
+        page.wait_for_timeout(1000)
+        cards = page.evaluate(TEMPLATE_CARDS)
+        page.screenshot(path=str(ARTIFACTS / f"{page.tag}_template_browser.png"))
+    finally:
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(REFRESH_WAIT_MS)
+    # Headings of the sidebar's sections are h3 elements too.
+    assert sorted(t for t in cards["titles"] if t.startswith("MagicFace")) == WORKFLOW_NAMES, cards["titles"]
+    assert cards["thumbnails"].count(THUMBNAIL_WIDTH) == len(WORKFLOW_NAMES), cards["thumbnails"]

@@ -11,13 +11,13 @@ from ui_support import (API_DIR, WORKFLOW_NAMES, api_workflow, hex_rgb, images_b
 NODE_FIELDS = {"id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties",
                "widgets_values"}
 FRONT_END_ONLY = {"Note", "Reroute", "PrimitiveNode"}
-THREE_CONCEPTS = "magicface_three_concepts"
+THREE_CONCEPTS = "MagicFace three concepts"
 SEGMENTATION_NODES = ("MagicFaceSegmentationPreview", "MagicFaceSegmentationSteps")
 
 
 def test_every_example_has_a_ui_file_and_an_api_twin():
-    expected = {"magicface_one_face", THREE_CONCEPTS, "magicface_two_people", "magicface_lora",
-                "magicface_controlnet_pose", "magicface_sdxl"}
+    expected = {"MagicFace one face", THREE_CONCEPTS, "MagicFace two people", "MagicFace with a LoRA",
+                "MagicFace with ControlNet pose", "MagicFace SDXL"}
     assert expected <= set(WORKFLOW_NAMES)
     for name in WORKFLOW_NAMES:
         assert (API_DIR.parent / f"{name}.json").is_file(), f"{name}: no UI-format file"
