@@ -1,15 +1,19 @@
 """MagicFace Apply's work: validate the inputs, prepare references, build the plan, patch a clone."""
 import logging
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from . import keys
+from .auto_mask import with_estimated_masks
 from .errors import MagicFaceInputError
 from .host import nothing_known_concat, unet_input_channels
 from .layers import list_attention_layers, select_injection_layers, select_segmentation_layers
 from .patch import MagicFacePatch
 from .plan import MagicFacePlan
+from .reference_frame import fitted, squashed
 from .tokens import locate_concept_tokens
 from ..magicface_attn import reference_mode_mask
 
@@ -41,41 +45,10 @@ def encode_text(clip, text):
     return cond, pooled
 
 
-def _squashed(image_hwc, size):
-    """(H, W, C) -> (size, size, C), squashed with nearest-neighbour sampling as the published
-    loader does (reference mode)."""
-    chw = image_hwc.movedim(-1, 0)[None].float()
-    return F.interpolate(chw, size=(size, size), mode="nearest")[0].movedim(0, -1).clamp(0, 1)
-
-
-def _resized(image_hwc, hw):
-    """(H, W, C) -> (h, w, C): area filter when shrinking, bilinear when enlarging."""
-    chw = image_hwc.movedim(-1, 0)[None].float()
-    if chw.shape[-2] > hw[0] or chw.shape[-1] > hw[1]:
-        resized = F.interpolate(chw, size=hw, mode="area")
-    else:
-        resized = F.interpolate(chw, size=hw, mode="bilinear", align_corners=False)
-    return resized[0].movedim(0, -1).clamp(0, 1)
-
-
-def _fitted(image_hwc, size, pad_mode):
-    """(H, W, C) -> (size, size, C) keeping the aspect: the longer side fills the square and the
-    shorter is centred. Images are padded by repeating their edge pixels ("replicate": the
-    UNet's convolutions near the border then see the picture's colours, not a flat fill), masks
-    with 0 ("constant"), so the padding's keys never reach the target's attention."""
-    height, width = image_hwc.shape[:2]
-    scale = size / max(height, width)
-    inner = (max(1, round(height * scale)), max(1, round(width * scale)))
-    top, left = (size - inner[0]) // 2, (size - inner[1]) // 2
-    chw = _resized(image_hwc, inner).movedim(-1, 0)[None]
-    padded = F.pad(chw, (left, size - inner[1] - left, top, size - inner[0] - top), mode=pad_mode)
-    return padded[0].movedim(0, -1)
-
-
 def _reference_images(concepts, size, mask_mode):
     if mask_mode == keys.MASK_MODE_REFERENCE:
-        return torch.stack([_squashed(c.image, size) for c in concepts])
-    return torch.stack([_fitted(c.image, size, "replicate") for c in concepts])
+        return torch.stack([squashed(c.image, size) for c in concepts])
+    return torch.stack([fitted(c.image, size, "replicate") for c in concepts])
 
 
 def _reference_latents(model_patcher, vae, images):
@@ -105,7 +78,7 @@ def _reference_masks(concepts, size, mask_mode):
     if mask_mode == keys.MASK_MODE_REFERENCE:
         # The reference code binarises the 8-bit mask (only 255 survives) and squashes it to 128x128.
         return torch.stack([reference_mode_mask((c.mask * 255).round().to(torch.uint8)) for c in concepts])
-    return torch.stack([_fitted(c.mask[..., None], size, "constant")[..., 0] for c in concepts])
+    return torch.stack([fitted(c.mask[..., None], size, "constant")[..., 0] for c in concepts])
 
 
 def _reference_context(clip, concepts):
@@ -142,6 +115,70 @@ def _validate_clip(model_patcher, cond):
             "connect the CLIP output of the same checkpoint as the model (SD1.x: 768, SD2.x: 1024, SDXL: 2048).")
 
 
+@dataclass(frozen=True)
+class ReferenceBatch:
+    """Every concept's reference, ready for the UNet, in concept order: images (R, S, S, 3) in
+    the square frame of side `size`; latents (R, C, S/8, S/8) in model space; context (R, T, C_ctx)
+    and pooled (R, C_pool) or None of the reference prompts; concat (R, C_extra, S/8, S/8) or None;
+    the segmentation layers the mask estimate reads."""
+    images: torch.Tensor
+    latents: torch.Tensor
+    context: torch.Tensor
+    pooled: Optional[torch.Tensor]
+    concat: Optional[torch.Tensor]
+    size: int
+    segmentation_layers: tuple
+
+
+def _reference_batch(model, clip, vae, concepts, size, mask_mode, segmentation) -> ReferenceBatch:
+    context, pooled = _reference_context(clip, concepts)
+    images = _reference_images(concepts, size, mask_mode)
+    latents = _reference_latents(model, vae, images)
+    return ReferenceBatch(images, latents, context, pooled, _reference_concat(model, latents), size,
+                          tuple(segmentation))
+
+
+def _with_masks(model, clip, sampling, concepts, references, mask_mode, seed):
+    """Concepts without a mask get their estimate; reference mode keeps the published rules,
+    where a concept without a mask is the whole image."""
+    if mask_mode == keys.MASK_MODE_REFERENCE:
+        for concept in concepts:
+            if concept.auto_mask is not None:
+                log.info("[MagicFace Apply] reference mode: concept '%s' has no mask and uses the whole image.",
+                         concept.words)
+        return tuple(concepts)
+    return with_estimated_masks(model, clip, sampling, tuple(concepts), references, seed)
+
+
+def _silent_concepts(concepts) -> int:
+    """How many concepts put nothing of their reference into the attention (empty mask or weight 0);
+    each is logged, since the user probably did not mean it."""
+    silent = 0
+    for concept in concepts:
+        if concept.mask_is_empty:
+            log.warning("[MagicFace Apply] concept '%s' has an empty mask: its reference contributes nothing.",
+                        concept.words)
+        elif concept.weight == 0:
+            log.warning("[MagicFace Apply] concept '%s' has weight 0: its reference contributes nothing.",
+                        concept.words)
+        silent += concept.mask_is_empty or concept.weight == 0
+    return silent
+
+
+def _chosen_layers(model, schedule):
+    """(injection layers, segmentation layers) of this model under the schedule."""
+    layers = _validate_model(model)
+    injection = select_injection_layers(layers, schedule.layers, schedule.custom_layers)
+    if not injection:
+        raise MagicFaceInputError(NODE, "schedule", "the chosen layers match no self-attention of this model.",
+                                  "use the 'paper' or 'all decoder' preset, or list existing layers.")
+    segmentation = select_segmentation_layers(layers, schedule.segmentation_layers)
+    if not segmentation:
+        raise MagicFaceInputError(NODE, "model", "this UNet has no text cross-attention, which the segmentation "
+                                  "needs.", "use an SD1.x, SD2.x or SDXL checkpoint.")
+    return injection, segmentation
+
+
 def apply_magicface(model, clip, vae, concepts, prompt, schedule, seed=0, reference_size=0,
                     reference_noise=keys.REFERENCE_NOISE_PER_LEVEL):
     """Returns (patched clone, positive CONDITIONING of the prompt, the MagicFacePatch or None)."""
@@ -152,42 +189,31 @@ def apply_magicface(model, clip, vae, concepts, prompt, schedule, seed=0, refere
         log.warning("[MagicFace Apply] no concept connected: MagicFace is off, the model is returned unchanged.")
         cond, pooled = encode_text(clip, prompt)
         return model.clone(), [[cond, {"pooled_output": pooled}]], None
-    layers = _validate_model(model)
-    injection = select_injection_layers(layers, schedule.layers, schedule.custom_layers)
-    if not injection:
-        raise MagicFaceInputError(NODE, "schedule", "the chosen layers match no self-attention of this model.",
-                                  "use the 'paper' or 'all decoder' preset, or list existing layers.")
-    segmentation = select_segmentation_layers(layers, schedule.segmentation_layers)
-    if not segmentation:
-        raise MagicFaceInputError(NODE, "model", "this UNet has no text cross-attention, which the segmentation "
-                                  "needs.", "use an SD1.x, SD2.x or SDXL checkpoint.")
+    injection, segmentation = _chosen_layers(model, schedule)
     concept_tokens = locate_concept_tokens(clip.tokenize, prompt, [c.words for c in concepts])
     cond, pooled = encode_text(clip, prompt)
     _validate_clip(model, cond)
     conditioning = [[cond, {"pooled_output": pooled}]]
 
-    empty = [c.words for c in concepts if c.mask_is_empty]
-    for words in empty:
-        log.warning("[MagicFace Apply] concept '%s' has an empty mask: its reference contributes nothing.", words)
-    if len(empty) == len(concepts) and not schedule.semantic_cfg:
-        log.warning("[MagicFace Apply] every concept mask is empty and semantic CFG is off: "
-                    "the model is returned unpatched.")
-        return model.clone(), conditioning, None
-
     size = int(reference_size) or native_size(model)
     if size % (LATENT_STRIDE * 8):
         raise MagicFaceInputError(NODE, "reference_size", f"{size} is not a multiple of 64.",
                                   "use 0 (auto) or a multiple of 64 such as 512 or 1024.")
+    references = _reference_batch(model, clip, vae, concepts, size, schedule.mask_mode, segmentation)
     sampling = model_sampling_of(model)
+    concepts = _with_masks(model, clip, sampling, concepts, references, schedule.mask_mode, seed)
+    if _silent_concepts(concepts) == len(concepts) and not schedule.semantic_cfg:
+        log.warning("[MagicFace Apply] every concept has an empty mask or weight 0 and semantic CFG is off: "
+                    "the model is returned unpatched.")
+        return model.clone(), conditioning, None
+
     sigma_of = lambda fraction: float(sampling.percent_to_sigma(float(fraction)))
-    context, ref_pooled = _reference_context(clip, concepts)
-    images = _reference_images(concepts, size, schedule.mask_mode)
-    latents = _reference_latents(model, vae, images)
     plan = MagicFacePlan(
         injection_layers=tuple(injection), segmentation_layers=tuple(segmentation),
-        reference_latents=latents, reference_concat=_reference_concat(model, latents), reference_images=images,
+        reference_latents=references.latents, reference_concat=references.concat, reference_images=references.images,
         reference_masks=_reference_masks(concepts, size, schedule.mask_mode), mask_mode=schedule.mask_mode,
-        weights=tuple(float(c.weight) for c in concepts), reference_context=context, reference_pooled=ref_pooled,
+        weights=tuple(float(c.weight) for c in concepts), reference_context=references.context,
+        reference_pooled=references.pooled,
         concept_tokens=tuple(tuple(t) for t in concept_tokens), concept_names=tuple(c.words for c in concepts),
         ca_scale=schedule.resolved_ca_scale(len(concepts)), semantic_cfg=bool(schedule.semantic_cfg),
         sigma_start=sigma_of(schedule.start_at), sigma_switch=sigma_of(schedule.switch_at),

@@ -8,6 +8,7 @@ import inspect
 import torch
 
 import comfy.ldm.modules.attention as comfy_attention
+import comfy.model_management as model_management
 
 try:
     import comfy.patcher_extension as patcher_extension
@@ -91,3 +92,29 @@ def nothing_known_concat(base_model, latents):
 
 def unet_input_channels(base_model, default: int) -> int:
     return base_model.model_config.unet_config.get("in_channels", default)
+
+
+def run_unet_once(model_patcher, x, sigma, context, transformer_options, **conditioning):
+    """One UNet call outside sampling, on the host's device with the patcher's weight patches
+    (LoRAs) applied; its attention/block patches are not used, only transformer_options.
+
+    x: (B, C, h, w) noisy latents in the sampler's scale; sigma: (B,) noise levels; context:
+    (B, T, C_ctx); conditioning: more model inputs (y, c_concat). Returns the model output on
+    the host's device. Checked on the 2024-03 host and ComfyUI 0.3.64 and 0.33.0.
+    """
+    model_management.load_models_gpu([model_patcher])
+    device = model_patcher.load_device
+    moved = {name: value.to(device) for name, value in conditioning.items() if value is not None}
+    with torch.no_grad():
+        return model_patcher.model.apply_model(x.to(device), sigma.to(device), c_crossattn=context.to(device),
+                                               transformer_options=transformer_options, **moved)
+
+
+def size_adm(base_model, pooled, latent_hw):
+    """The 'y' vector of models that take one (SDXL: pooled text + size embedding) for
+    uncropped pictures of latent_hw, or None on models without one. pooled: (B, C_pool)."""
+    if pooled is None or not getattr(base_model, "adm_channels", 0):
+        return None
+    height, width = latent_hw[0] * 8, latent_hw[1] * 8
+    return base_model.encode_adm(pooled_output=pooled, width=width, height=height, crop_w=0, crop_h=0,
+                                 target_width=width, target_height=height)

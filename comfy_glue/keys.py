@@ -40,6 +40,14 @@ REFERENCE_NOISE_PER_LEVEL = "per noise level"
 REFERENCE_NOISE_PUBLISHED = "published script"
 REFERENCE_NOISE_SOURCES = (REFERENCE_NOISE_PER_LEVEL, REFERENCE_NOISE_PUBLISHED)
 
+# Where a concept's mask comes from (Concept Loader / Concept From Folder). "auto": the connected
+# mask, or without one the estimate from the reference's own attention (auto_mask.py);
+# "attention": always the estimate; "whole image": no mask.
+MASK_SOURCE_AUTO = "auto"
+MASK_SOURCE_ATTENTION = "attention"
+MASK_SOURCE_WHOLE = "whole image"
+MASK_SOURCES = (MASK_SOURCE_AUTO, MASK_SOURCE_ATTENTION, MASK_SOURCE_WHOLE)
+
 MASK_MODE_AREA = "area"
 MASK_MODE_REFERENCE = "reference"
 MASK_MODES = (MASK_MODE_AREA, MASK_MODE_REFERENCE)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from . import keys
-from .host import noise_to_sigma
+from .host import noise_to_sigma, size_adm
 from .run_state import CallContext, same_sigma
 
 # Mixes the user's seed with the noise level so each step gets fresh but reproducible
@@ -186,9 +186,7 @@ def _reference_adm(base_model, plan, target_c, latent_hw, device):
     """adm ('y') vector for the references on models that need one (SDXL)."""
     if "y" not in target_c or plan.reference_pooled is None:
         return None
-    height, width = latent_hw[0] * 8, latent_hw[1] * 8
-    adm = base_model.encode_adm(pooled_output=plan.reference_pooled.to(device), width=width, height=height,
-                                crop_w=0, crop_h=0, target_width=width, target_height=height)
+    adm = size_adm(base_model, plan.reference_pooled.to(device), latent_hw)
     return None if adm is None else adm.to(device, target_c["y"].dtype)
 
 

@@ -31,8 +31,9 @@ from .constants import (
     REFERENCE_STEPS,
     START_TOKEN,
 )
+from .auto_mask import WordMask, word_and_start_maps, word_mask
 from .guidance import semantic_cfg, semantic_cfg_rate
-from .masks import MASK_MODES, mask_to_layer, reference_mode_mask, resize_nearest
+from .masks import MASK_MODES, feather_mask, grow_mask, mask_to_layer, reference_mode_mask, resize_nearest
 from .propagation import head_mean_cross_probs, propagate_cross_maps, propagate_with_probs
 from .reference_kv import PackLayout, ReferenceKV, make_reference_kv, pack_layout
 from .segmentation import Segmentation, segment
@@ -44,7 +45,8 @@ __all__ = [
     "GAUSSIAN_KERNEL_SIZE", "GAUSSIAN_SIGMA", "IMPLS", "MASK_MODES", "MAX_GUIDANCE", "NORM_EPS",
     "RATE_CLAMP", "RATE_EPS", "REFERENCE_CFG", "REFERENCE_INJECT_STEP", "REFERENCE_MASK_ON_VALUE",
     "REFERENCE_MASK_SIZE", "REFERENCE_SEGMENTATION_DOWNSCALE", "REFERENCE_STEPS", "START_TOKEN",
-    "PackLayout", "PixelGroups", "ReferenceKV", "Segmentation", "concept_owner", "concept_pixel_groups",
+    "PackLayout", "PixelGroups", "ReferenceKV", "Segmentation", "WordMask", "concept_owner", "concept_pixel_groups",
+    "feather_mask", "grow_mask", "word_and_start_maps", "word_mask",
     "gaussian_blur", "gaussian_kernel",
     "head_mean_cross_probs", "make_reference_kv", "mask_to_layer", "pack_layout", "pixel_groups_of_grids",
     "plain_attention",

@@ -54,3 +54,27 @@ def mask_to_layer(masks: torch.Tensor, h: int, w: int, mode: str = "nearest", th
     else:
         layer = F.adaptive_avg_pool2d(values[:, None], (h, w))[:, 0]
     return (layer >= threshold).reshape(masks.shape[0], h * w)
+
+
+def grow_mask(mask, pixels: int):
+    """Dilate (pixels > 0) or erode (pixels < 0) a (B, H, W) binary float mask by max pooling."""
+    if pixels == 0:
+        return mask
+    size = 2 * abs(pixels) + 1
+    if pixels > 0:
+        return F.max_pool2d(mask[:, None], size, stride=1, padding=abs(pixels))[:, 0]
+    return 1 - F.max_pool2d(1 - mask[:, None], size, stride=1, padding=abs(pixels))[:, 0]
+
+
+def feather_mask(mask, radius: float):
+    """Gaussian blur of a (B, H, W) float mask's edges, radius in pixels (edges replicated)."""
+    if radius <= 0:
+        return mask
+    sigma = radius / 2
+    half = int(radius * 1.5) + 1
+    x = torch.arange(-half, half + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    padded = F.pad(mask[:, None], (half, half, half, half), mode="replicate")
+    blurred = F.conv2d(padded, kernel.view(1, 1, 1, -1))
+    return F.conv2d(blurred, kernel.view(1, 1, -1, 1))[:, 0]

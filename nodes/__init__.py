@@ -4,6 +4,7 @@ from .concept_folder import MagicFaceConceptFromFolder
 from .concept_loader import MagicFaceConceptLoader
 from .concept_mask import MagicFaceConceptMask
 from .magicface_apply import MagicFaceApply
+from .mask_preview import MagicFaceMaskPreview
 from .previews import MagicFaceSegmentationPreview, MagicFaceSegmentationSteps
 from .stage_scheduler import MagicFaceStageScheduler
 
@@ -13,6 +14,7 @@ NODE_CLASS_MAPPINGS = {
     "MagicFaceConceptMask": MagicFaceConceptMask,
     "MagicFaceStageScheduler": MagicFaceStageScheduler,
     "MagicFaceApply": MagicFaceApply,
+    "MagicFaceMaskPreview": MagicFaceMaskPreview,
     "MagicFaceSegmentationPreview": MagicFaceSegmentationPreview,
     "MagicFaceSegmentationSteps": MagicFaceSegmentationSteps,
     "MagicFaceAttentionMap": MagicFaceAttentionMap,
@@ -24,6 +26,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "MagicFaceConceptMask": "MagicFace Concept Mask",
     "MagicFaceStageScheduler": "MagicFace Stage Scheduler",
     "MagicFaceApply": "MagicFace Apply",
+    "MagicFaceMaskPreview": "MagicFace Mask Preview",
     "MagicFaceSegmentationPreview": "MagicFace Segmentation Preview",
     "MagicFaceSegmentationSteps": "MagicFace Segmentation Steps",
     "MagicFaceAttentionMap": "MagicFace Attention Map",

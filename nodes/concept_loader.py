@@ -1,11 +1,13 @@
 """MagicFace Concept Loader: one reference image + mask + prompt word(s), chained into a list."""
 import logging
+import re
 
 import torch
 
 from ..comfy_glue import keys
-from ..comfy_glue.concepts import Concept, ConceptList
+from ..comfy_glue.concepts import AutoMaskSettings, Concept, ConceptList
 from ..comfy_glue.errors import MagicFaceInputError
+from .ranges import check_declared_ranges
 
 log = logging.getLogger("MagicFace")
 NODE = "MagicFace Concept Loader"
@@ -56,16 +58,55 @@ def checked_weight(weight: float, node: str) -> float:
     return float(weight)
 
 
-def build_concept(image, mask, words, weight, reference_prompt, node, source):
+def mask_plan(mask, mask_source, words, prompt, node, settings):
+    """AutoMaskSettings when the mask is to be estimated, else None; refuses a choice that
+    would leave a connected mask unused, and a reference prompt the estimate cannot use."""
+    if mask is not None and mask_source != keys.MASK_SOURCE_AUTO:
+        raise MagicFaceInputError(node, "mask_source", f"'{mask_source}' ignores the connected mask.",
+                                  "choose 'auto' to use the connected mask, or disconnect it.")
+    if mask is not None or mask_source == keys.MASK_SOURCE_WHOLE:
+        return None
+    if not re.search(rf"(?<!\w){re.escape(words.lower())}(?!\w)", prompt.lower()):
+        raise MagicFaceInputError(node, "reference_prompt", f"'{prompt}' does not contain the concept word "
+                                  f"'{words}', which the mask estimate looks for in the reference.",
+                                  f"describe the reference with the word in it (e.g. 'a {words}'), or connect a mask.")
+    return settings
+
+
+def build_concept(image, mask, words, weight, reference_prompt, node, source,
+                  mask_source=keys.MASK_SOURCE_AUTO, auto_settings=AutoMaskSettings()):
     words = words.strip()
     if not words:
         raise MagicFaceInputError(node, "words", "no concept word given.",
                                   "type the word of the target prompt that names this concept, e.g. 'man' or 'hat'.")
     picture = reference_image(image, node)
-    concept_mask = reference_mask(mask, picture.shape[:2], node)
     prompt = reference_prompt.strip() or f"a {words}"
+    auto = mask_plan(mask, mask_source, words, prompt, node, auto_settings)
+    concept_mask = reference_mask(mask, picture.shape[:2], node)
     return Concept(image=picture, mask=concept_mask, words=words, weight=checked_weight(weight, node),
-                   reference_prompt=prompt, source=source)
+                   reference_prompt=prompt, source=source, auto_mask=auto, node=node)
+
+
+def mask_source_inputs() -> dict:
+    """The optional inputs that say where a concept's mask comes from (Loader and Folder)."""
+    return {
+        "mask_source": (list(keys.MASK_SOURCES), {
+            "tooltip": "auto: the connected mask, or without one MagicFace estimates it from the reference's own "
+                       "attention to its word; attention: always estimate; whole image: no mask."}),
+        "auto_threshold": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 0.95, "step": 0.05, "tooltip":
+                                     "Estimate: how strongly the word must win a pixel. 0.5 = where it wins; "
+                                     "higher = a tighter mask."}),
+        "auto_grow": ("INT", {"default": 0, "min": -128, "max": 128,
+                              "tooltip": "Estimate: grow (>0) or shrink (<0) the mask by this many pixels."}),
+        "auto_feather": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 64.0, "step": 0.5,
+                                   "tooltip": "Estimate: soften its edge over this many pixels."}),
+    }
+
+
+def auto_settings(node_class, node, auto_threshold, auto_grow, auto_feather) -> AutoMaskSettings:
+    check_declared_ranges(node_class, node, auto_threshold=auto_threshold, auto_grow=auto_grow,
+                          auto_feather=auto_feather)
+    return AutoMaskSettings(float(auto_threshold), int(auto_grow), float(auto_feather))
 
 
 class MagicFaceConceptLoader:
@@ -88,13 +129,17 @@ class MagicFaceConceptLoader:
                                                 "the segmentation and semantic CFG."}),
             },
             "optional": {
-                "mask": ("MASK", {"tooltip": "Where the concept is in the reference image. Unconnected: whole image."}),
+                "mask": ("MASK", {"tooltip": "Where the concept is in the reference image. Unconnected: "
+                                  "estimated from the reference (see mask_source)."}),
                 "reference_prompt": ("STRING", {"default": "", "tooltip": "Short prompt describing the reference "
                                                 "image, e.g. 'a man'. Empty: 'a <words>'."}),
                 "previous": (keys.CONCEPTS_TYPE, {"tooltip": "Concepts of earlier loaders, to chain several concepts."}),
+                **mask_source_inputs(),
             },
         }
 
-    def load(self, image, words, weight, mask=None, reference_prompt="", previous=None):
-        concept = build_concept(image, mask, words, weight, reference_prompt, NODE, source="image")
+    def load(self, image, words, weight, mask=None, reference_prompt="", previous=None,
+             mask_source=keys.MASK_SOURCE_AUTO, auto_threshold=0.5, auto_grow=0, auto_feather=0.0):
+        settings = auto_settings(type(self), NODE, auto_threshold, auto_grow, auto_feather)
+        concept = build_concept(image, mask, words, weight, reference_prompt, NODE, "image", mask_source, settings)
         return ((previous or ConceptList()).extended(concept),)

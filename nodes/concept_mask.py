@@ -3,6 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from ..comfy_glue.errors import MagicFaceInputError
+from .ranges import check_declared_ranges
+from ..magicface_attn import feather_mask, grow_mask
 
 NODE = "MagicFace Concept Mask"
 REFERENCE_THRESHOLD = "reference (==255)"
@@ -17,30 +19,6 @@ def _luminance(image):
     if image.shape[-1] == 4:  # an alpha channel is the mask
         return image[..., 3]
     return image[..., :3].mean(dim=-1)
-
-
-def grow_mask(mask, pixels: int):
-    """Dilate (pixels > 0) or erode (pixels < 0) a (B, H, W) binary mask by max pooling."""
-    if pixels == 0:
-        return mask
-    size = 2 * abs(pixels) + 1
-    if pixels > 0:
-        return F.max_pool2d(mask[:, None], size, stride=1, padding=abs(pixels))[:, 0]
-    return 1 - F.max_pool2d(1 - mask[:, None], size, stride=1, padding=abs(pixels))[:, 0]
-
-
-def feather_mask(mask, radius: float):
-    """Gaussian blur of the binary mask edges, radius in pixels."""
-    if radius <= 0:
-        return mask
-    sigma = radius / 2
-    half = int(radius * 1.5) + 1
-    x = torch.arange(-half, half + 1, dtype=torch.float32)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    padded = F.pad(mask[:, None], (half, half, half, half), mode="replicate")
-    blurred = F.conv2d(padded, kernel.view(1, 1, 1, -1))
-    return F.conv2d(blurred, kernel.view(1, 1, -1, 1))[:, 0]
 
 
 class MagicFaceConceptMask:
@@ -74,6 +52,7 @@ class MagicFaceConceptMask:
 
     def make_mask(self, threshold, threshold_mode, grow, feather, invert, mask=None, mask_image=None,
                   reference_image=None):
+        check_declared_ranges(type(self), NODE, threshold=threshold, grow=grow, feather=feather)
         if mask is None and mask_image is None:
             raise MagicFaceInputError(NODE, "mask", "neither 'mask' nor 'mask_image' is connected.",
                                       "connect a MASK, or an image of the mask to 'mask_image'.")

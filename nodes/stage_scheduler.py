@@ -3,6 +3,7 @@ from ..comfy_glue import keys
 from ..comfy_glue.concepts import StageSchedule
 from ..comfy_glue.errors import MagicFaceInputError
 from ..comfy_glue.layers import parse_custom_layers
+from .ranges import check_declared_ranges
 
 NODE = "MagicFace Stage Scheduler"
 MAX_REFERENCE_EVERY = 10
@@ -57,6 +58,8 @@ class MagicFaceStageScheduler:
 
     def schedule(self, switch_at, start_at, end_at, layers, custom_layers, ca_scale, semantic_cfg, mask_mode,
                  reference_every=1, segmentation_layers=keys.SEGMENTATION_ALL_LAYERS):
+        check_declared_ranges(type(self), NODE, start_at=start_at, switch_at=switch_at, end_at=end_at,
+                              ca_scale=ca_scale, reference_every=reference_every)
         if start_at >= end_at:
             raise MagicFaceInputError(NODE, "end_at", f"start_at {start_at} >= end_at {end_at}: MagicFace would "
                                       "never act.", "set end_at above start_at (defaults: 0.0 and 1.0).")
@@ -64,9 +67,6 @@ class MagicFaceStageScheduler:
             raise MagicFaceInputError(NODE, "switch_at", f"{switch_at} lies outside start_at..end_at "
                                       f"({start_at}..{end_at}).", "set switch_at between start_at and end_at: "
                                       "RBA takes over from RSA there (default 0.42).")
-        if not 1 <= int(reference_every) <= MAX_REFERENCE_EVERY:
-            raise MagicFaceInputError(NODE, "reference_every", f"{reference_every} is outside 1..{MAX_REFERENCE_EVERY}.",
-                                      "use 1 (exact) or a small step count such as 2 or 4.")
         if layers == keys.LAYER_PRESET_CUSTOM:
             parse_custom_layers(custom_layers)  # fail here, not at sampling time
         return (StageSchedule(switch_at=switch_at, start_at=start_at, end_at=end_at, layers=layers,

@@ -113,8 +113,14 @@ def test_api_twin_runs_on_the_tiny_checkpoint(runs, name):
     for preview_id in node_ids(prompt, "PreviewImage"):
         frames = per_node[preview_id]
         assert frames, f"{name}: preview node {preview_id} showed nothing"
-        for frame in frames:  # the label map at the image size, then the legend strip
-            assert frame.shape[1] == saved.shape[1] and frame.shape[0] > saved.shape[0]
+        source = prompt[prompt[preview_id]["inputs"]["images"][0]]["class_type"]
+        for frame in frames:
+            if source == "MagicFaceMaskPreview":  # a mask over its square reference, then the legend strip
+                assert frame.shape[0] > frame.shape[1]
+            else:  # the label map at the image size, then the legend strip
+                assert frame.shape[1] == saved.shape[1] and frame.shape[0] > saved.shape[0]
+        if source == "MagicFaceMaskPreview":  # one per concept
+            assert len(frames) == len(node_ids(prompt, "MagicFaceConceptLoader")), f"{name}: {len(frames)} masks"
 
 
 def palette_labels(picture, palette, background):
