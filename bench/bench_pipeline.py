@@ -61,6 +61,9 @@ def parse_args(argv=None):
                         help="also time the largest R, exact and with each --reference-every K, with the "
                              "segmentation read from the first transformer of each block (the Stage Scheduler's "
                              "segmentation_layers 'one per block'; differs from 'all layers' on SDXL only)")
+    parser.add_argument("--presets", action="store_true",
+                        help="also time the largest R with each Stage Scheduler speed preset (balanced, fast), "
+                             "and report its deviation from exact")
     parser.add_argument("--image-size", type=int, default=0,
                         help="square image size in pixels (default: SD1.5 512, SDXL 1024, --tiny 128); e.g. "
                              "256 runs the full-size UNets on a CPU in minutes")
@@ -193,6 +196,14 @@ def bench_model(name, args, device, dtype):
             references = f"references every {every} steps, " if every > 1 else ""
             variants.append(Variant(f"R={largest}, {references}segmentation one per block",
                                     *patched(largest, every, lean=True), largest, reference_every=every, lean=True))
+
+    if args.presets:
+        keys = glue("keys")
+        for speed in keys.SPEED_PRESETS[1:]:
+            every, layer_set = keys.SPEED_LEVERS[speed]
+            lean = layer_set == keys.SEGMENTATION_ONE_PER_BLOCK
+            variants.append(Variant(f"R={largest}, speed {speed}", *patched(largest, every, lean=lean), largest,
+                                    reference_every=every, lean=lean))
 
     for variant in variants:  # warm-up (kernel choice, allocator) and the result for the checks
         _, variant.result = _run_variant(variant, positive, negative, latent, args, device)

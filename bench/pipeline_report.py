@@ -26,6 +26,14 @@ def _device_name(device):
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def _label_change(variant, exact) -> str:
+    """', labels x %': the share of the last segmentation's pixels labelled otherwise than in exact."""
+    ours, theirs = ((v.report or {}).get("label_history") for v in (variant, exact))
+    if not ours or not theirs or ours[-1][1].shape != theirs[-1][1].shape:
+        return ""
+    return f", labels {100 * (ours[-1][1] != theirs[-1][1]).float().mean().item():.1f} %"
+
+
 def render(results, args, device, dtype):
     lines = [
         f"## MagicFace pipeline benchmark ({'tiny' if args.tiny else 'full-size'} UNets)",
@@ -53,7 +61,8 @@ def render(results, args, device, dtype):
             if variant is not plain and not variant.exact:
                 reference = coupled[variant.concepts].result
                 delta = variant.result - reference
-                diff = f"{delta.abs().max().item():.3g} (rel. L2 {(delta.norm() / reference.norm()).item():.2g})"
+                diff = (f"{delta.abs().max().item():.3g} (rel. L2 {(delta.norm() / reference.norm()).item():.2g}"
+                        f"{_label_change(variant, coupled[variant.concepts])})")
             syncs = "" if variant.syncs is None else str(variant.syncs)
             spread = "" if variant is plain else f"{min(ratios):.2f}-{max(ratios):.2f}"
             median_s = statistics.median(variant.times)

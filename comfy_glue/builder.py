@@ -172,7 +172,7 @@ def _chosen_layers(model, schedule):
     if not injection:
         raise MagicFaceInputError(NODE, "schedule", "the chosen layers match no self-attention of this model.",
                                   "use the 'paper' or 'all decoder' preset, or list existing layers.")
-    segmentation = select_segmentation_layers(layers, schedule.segmentation_layers)
+    segmentation = select_segmentation_layers(layers, schedule.levers()[1])
     if not segmentation:
         raise MagicFaceInputError(NODE, "model", "this UNet has no text cross-attention, which the segmentation "
                                   "needs.", "use an SD1.x, SD2.x or SDXL checkpoint.")
@@ -217,7 +217,7 @@ def apply_magicface(model, clip, vae, concepts, prompt, schedule, seed=0, refere
         concept_tokens=tuple(tuple(t) for t in concept_tokens), concept_names=tuple(c.words for c in concepts),
         ca_scale=schedule.resolved_ca_scale(len(concepts)), semantic_cfg=bool(schedule.semantic_cfg),
         sigma_start=sigma_of(schedule.start_at), sigma_switch=sigma_of(schedule.switch_at),
-        sigma_end=sigma_of(schedule.end_at), seed=int(seed), reference_every=int(schedule.reference_every),
+        sigma_end=sigma_of(schedule.end_at), seed=int(seed), reference_every=schedule.levers()[0],
         prompt_context=cond[0].cpu(), reference_noise=reference_noise)
     patched = model.clone()
     patch = MagicFacePatch(plan)

@@ -79,8 +79,18 @@ class StageSchedule:
     ca_scale: float = 0.0          # 0 = automatic: 0.9 for one concept, 0.6 for several (reference advice)
     semantic_cfg: bool = True
     mask_mode: str = keys.MASK_MODE_AREA
-    reference_every: int = 1       # steps between fresh reference features; 1 = every step (exact)
-    segmentation_layers: str = keys.SEGMENTATION_ALL_LAYERS
+    speed: str = keys.SPEED_EXACT
+    reference_every: int = keys.REFERENCE_EVERY_FROM_SPEED  # steps between fresh reference features
+    segmentation_layers: str = keys.SEGMENTATION_FROM_SPEED
+
+    def levers(self) -> tuple:
+        """(reference_every, segmentation layer set): the speed preset's, each unless set."""
+        every, layer_set = keys.SPEED_LEVERS[self.speed]
+        if self.reference_every != keys.REFERENCE_EVERY_FROM_SPEED:
+            every = int(self.reference_every)
+        if self.segmentation_layers != keys.SEGMENTATION_FROM_SPEED:
+            layer_set = self.segmentation_layers
+        return every, layer_set
 
     def resolved_ca_scale(self, concept_count: int) -> float:
         if self.ca_scale > 0:

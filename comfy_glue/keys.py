@@ -33,6 +33,21 @@ SEGMENTATION_ALL_LAYERS = "all layers"
 SEGMENTATION_ONE_PER_BLOCK = "one per block"
 SEGMENTATION_LAYER_SETS = (SEGMENTATION_ALL_LAYERS, SEGMENTATION_ONE_PER_BLOCK)
 
+# The Stage Scheduler's speed presets: each sets the two approximate levers below unless the
+# user sets them (reference_every 0 and segmentation_layers "from speed" follow the preset).
+# Chosen by measurement: docs/performance.md, "Speed presets".
+SPEED_EXACT = "exact"
+SPEED_BALANCED = "balanced"
+SPEED_FAST = "fast"
+SPEED_PRESETS = (SPEED_EXACT, SPEED_BALANCED, SPEED_FAST)
+REFERENCE_EVERY_FROM_SPEED = 0
+SEGMENTATION_FROM_SPEED = "from speed"
+SPEED_LEVERS = {  # preset -> (reference_every, segmentation layer set)
+    SPEED_EXACT: (1, SEGMENTATION_ALL_LAYERS),
+    SPEED_BALANCED: (2, SEGMENTATION_ONE_PER_BLOCK),
+    SPEED_FAST: (4, SEGMENTATION_ONE_PER_BLOCK),
+}
+
 # Where the references' per-step noise comes from. "per noise level": a generator seeded by the
 # seed and the noise level, whatever the sampler. "published script": the published MagicFace
 # script's stream (see reference_pass.PublishedNoiseStream).

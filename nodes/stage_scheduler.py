@@ -43,21 +43,28 @@ class MagicFaceStageScheduler:
                                                       "128x128 nearest rule."}),
             },
             "optional": {
-                "reference_every": ("INT", {"default": 1, "min": 1, "max": MAX_REFERENCE_EVERY,
+                "reference_every": ("INT", {"default": keys.REFERENCE_EVERY_FROM_SPEED, "min": 0,
+                                            "max": MAX_REFERENCE_EVERY,
                                             "tooltip": "Faster, approximate: compute the references' features at "
                                                        "one step in this many and reuse them in between. 1 = every "
-                                                       "step (exact, the reference code). Saves most on large models "
-                                                       "such as SDXL, where each reference costs about one more "
-                                                       "image in every step."}),
-                "segmentation_layers": (list(keys.SEGMENTATION_LAYER_SETS), {
+                                                       "step (exact, the reference code); 0 = as 'speed' says. Saves "
+                                                       "most on large models such as SDXL, where each reference "
+                                                       "costs about one more image in every step."}),
+                "segmentation_layers": ([keys.SEGMENTATION_FROM_SPEED, *keys.SEGMENTATION_LAYER_SETS], {
                     "tooltip": "Faster, approximate on SDXL: 'one per block' reads the segmentation from the "
                                "first transformer of each block (6 of SDXL's 60 layers, about a tenth of its "
                                "cost). 'all layers' = the reference code. SD1.x/SD2.x: both are the same."}),
+                # Last, so that workflows saved before it keep their widget values in place.
+                "speed": (list(keys.SPEED_PRESETS), {
+                    "tooltip": "exact: the published method. balanced: references every 2 steps, segmentation "
+                               "from one layer per block. fast: references every 4 steps, one layer per block. "
+                               "reference_every and segmentation_layers, when set, override it."}),
             },
         }
 
     def schedule(self, switch_at, start_at, end_at, layers, custom_layers, ca_scale, semantic_cfg, mask_mode,
-                 reference_every=1, segmentation_layers=keys.SEGMENTATION_ALL_LAYERS):
+                 reference_every=keys.REFERENCE_EVERY_FROM_SPEED, segmentation_layers=keys.SEGMENTATION_FROM_SPEED,
+                 speed=keys.SPEED_EXACT):
         check_declared_ranges(type(self), NODE, start_at=start_at, switch_at=switch_at, end_at=end_at,
                               ca_scale=ca_scale, reference_every=reference_every)
         if start_at >= end_at:
@@ -72,4 +79,4 @@ class MagicFaceStageScheduler:
         return (StageSchedule(switch_at=switch_at, start_at=start_at, end_at=end_at, layers=layers,
                               custom_layers=custom_layers, ca_scale=ca_scale, semantic_cfg=semantic_cfg,
                               mask_mode=mask_mode, reference_every=int(reference_every),
-                              segmentation_layers=segmentation_layers),)
+                              segmentation_layers=segmentation_layers, speed=speed),)

@@ -16,9 +16,9 @@ RATIO_ROW = re.compile(r"^\| (R=\d+) \| [\d.]+ \| ([^ |]+)x \|", re.MULTILINE)
 def test_tiny_pipeline_bench_writes_finite_table(tmp_path):
     out = tmp_path / "perf.md"
     command = [sys.executable, str(REPO_ROOT / "bench" / "bench_pipeline.py"), "--tiny", "--models", "sd15",
-               "--concepts", "1,2", "--no-coupling", "--separate", "--reference-every", "2", "--ops-by-function",
+               "--concepts", "1,2", "--no-coupling", "--separate", "--reference-every", "2", "--presets", "--ops-by-function",
                "--out", str(out)]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=170)
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     table = out.read_text()
     assert "SD1.5-tiny" in table and "torch " in table and "device: CPU" in table
@@ -29,9 +29,13 @@ def test_tiny_pipeline_bench_writes_finite_table(tmp_path):
     separate = re.search(r"^\| R=2, separate pass \| [\d.]+ \| [\d.]+x \| [-\d]+ \| ([\d.e+-]+) \(rel", table, re.MULTILINE)
     assert separate and float(separate.group(1)) < 0.05, table  # both ways to run the references agree
     every = re.search(r"^\| R=2, references every 2 steps \| [\d.]+ \| ([\d.]+)x \| [-\d]+ \| [\d.e+-]+ \(rel\. L2 "
-                      r"([\d.e+-]+)\)", table, re.MULTILINE)
+                      r"([\d.e+-]+)[,)]", table, re.MULTILINE)
     assert every and math.isfinite(float(every.group(1))) and 0 < float(every.group(2)) < 1, table
     assert "R=2, references every 2 steps: reference features made at 2 steps, reused at 2." in table
+    for speed in ("balanced", "fast"):  # each preset's time and its deviation from exact, labels included
+        row = re.search(rf"^\| R=2, speed {speed} \| [\d.]+ \| ([\d.]+)x \| [-\d]+ \| [\d.e+-]+ \(rel\. L2 "
+                        r"([\d.e+-]+), labels ([\d.]+) %\)", table, re.MULTILINE)
+        assert row and float(row.group(1)) > 0 and 0 <= float(row.group(3)) <= 100, table
     # Kernel ops per step: the host cost where launches bound the run; MagicFace adds to plain's.
     ops = dict(re.findall(r"^\| (plain|R=\d+) \|(?: [^|]*\|){5} (\d+) \|", table, re.MULTILINE))
     assert set(ops) == {"plain", "R=1", "R=2"}, table
@@ -45,11 +49,11 @@ def test_tiny_sdxl_bench_times_the_lean_segmentation(tmp_path):
     out = tmp_path / "perf.md"
     command = [sys.executable, str(REPO_ROOT / "bench" / "bench_pipeline.py"), "--tiny", "--models", "sdxl",
                "--concepts", "2", "--no-coupling", "--no-breakdown", "--lean-segmentation", "--out", str(out)]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=170)
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     table = out.read_text()
     lean = re.search(r"^\| R=2, segmentation one per block \| [\d.]+ \| ([\d.]+)x \| [-\d]+ \| [\d.e+-]+ \(rel\. L2 "
-                     r"([\d.e+-]+)\)", table, re.MULTILINE)
+                     r"([\d.e+-]+)[,)]", table, re.MULTILINE)
     assert lean and math.isfinite(float(lean.group(1))) and 0 < float(lean.group(2)) < 1, table
     # the tiny SDXL's quarter-resolution blocks are 1 and 2 transformers deep: 4 of its 7 layers
     assert "R=2, segmentation one per block: segmentation read 4 layers (exact: 7)." in table

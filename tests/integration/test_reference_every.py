@@ -7,7 +7,8 @@ separate reference passes reuse alike; a new run never starts from an old run's 
 import pytest
 import torch
 
-from .mf import apply, assert_close, concepts_from, injected_calls, sample, schedule, separate_pass_only, synthetic_concept
+from .mf import (apply, assert_close, concepts_from, injected_calls, pack_module, sample, schedule, separate_pass_only,
+                 synthetic_concept)
 
 LATENT = (1, 4, 16, 16)
 PROMPT = "a photo of a man"
@@ -79,4 +80,23 @@ def test_scheduler_rejects_a_step_count_outside_its_range():
     from .mf import pack_module
     errors = pack_module("comfy_glue.errors")
     with pytest.raises(errors.MagicFaceInputError, match="reference_every"):
-        schedule(reference_every=0)
+        schedule(reference_every=-1)
+
+
+@pytest.mark.parametrize("speed, expected", [("exact", (1, "all layers")), ("balanced", (2, "one per block")),
+                                             ("fast", (4, "one per block"))])
+def test_the_speed_preset_sets_both_levers(tiny, speed, expected):
+    model, clip, vae = tiny
+    layers = pack_module("comfy_glue.layers")
+    _, _, patch = apply(model, clip, vae, _concepts(), PROMPT, sched=schedule(speed=speed))
+    found = layers.list_attention_layers(model.model.diffusion_model)
+    assert patch.plan.reference_every == expected[0]
+    assert patch.plan.segmentation_layers == tuple(layers.select_segmentation_layers(found, expected[1]))
+
+
+def test_set_levers_override_the_preset(tiny):
+    model, clip, vae = tiny
+    sched = schedule(speed="fast", reference_every=1, segmentation_layers="all layers")
+    _, _, patch = apply(model, clip, vae, _concepts(), PROMPT, sched=sched)
+    _, _, exact = apply(model, clip, vae, _concepts(), PROMPT, sched=schedule(speed="exact"))
+    assert patch.plan.reference_every == 1 and patch.plan.segmentation_layers == exact.plan.segmentation_layers

@@ -122,7 +122,7 @@ def test_paths_out_of_the_input_folder_are_refused_naming_their_input_once(comfy
 SCHEDULER, MASK = ("8", "MagicFace Stage Scheduler"), ("4", "MagicFace Concept Mask")
 RANGES = [  # (graph node id, node title), input, bad value, its range
     (SCHEDULER, "switch_at", 1.5, (0.0, 1.0)), (SCHEDULER, "start_at", -0.1, (0.0, 1.0)),
-    (SCHEDULER, "end_at", 2.0, (0.0, 1.0)), (SCHEDULER, "reference_every", 0, (1, 10)),
+    (SCHEDULER, "end_at", 2.0, (0.0, 1.0)), (SCHEDULER, "reference_every", -1, (0, 10)),
     (SCHEDULER, "ca_scale", 1.5, (0.0, 1.0)), (MASK, "grow", 500, (-128, 128)), (MASK, "feather", -1.0, (0.0, 64.0))]
 SCHEDULER_ORDER = [  # the pack's own checks of the three fractions together
     ({"start_at": 0.7, "switch_at": 0.5, "end_at": 0.3}, "end_at", "start_at 0.7 >= end_at 0.3"),
