@@ -149,7 +149,9 @@ def make_plan(model_patcher, spec: ModelSpec, concepts: int, seed: int = 0, sema
     found = layers.list_attention_layers(model_patcher.model.diffusion_model)
     masks = concept_masks(concepts)
     sampling = model_patcher.model.model_sampling
-    sigma = lambda fraction: float(sampling.percent_to_sigma(fraction))
+
+    def sigma(fraction):
+        return float(sampling.percent_to_sigma(fraction))
     pooled = torch.randn(concepts, spec.pooled_dim, generator=generator) if spec.pooled_dim else None
     reference_hw = (reference_size // 8,) * 2 if reference_size else spec.latent_hw
     return glue("plan").MagicFacePlan(

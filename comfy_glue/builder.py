@@ -207,7 +207,8 @@ def apply_magicface(model, clip, vae, concepts, prompt, schedule, seed=0, refere
                     "the model is returned unpatched.")
         return model.clone(), conditioning, None
 
-    sigma_of = lambda fraction: float(sampling.percent_to_sigma(float(fraction)))
+    def sigma_of(fraction):
+        return float(sampling.percent_to_sigma(float(fraction)))
     plan = MagicFacePlan(
         injection_layers=tuple(injection), segmentation_layers=tuple(segmentation),
         reference_latents=references.latents, reference_concat=references.concat, reference_images=references.images,

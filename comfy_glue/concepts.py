@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 
 from . import keys
+from ..magicface_attn import CA_SCALE_MULTI_CONCEPT, CA_SCALE_SINGLE_CONCEPT
 
 
 class _SharedOnCopy:
@@ -95,4 +96,4 @@ class StageSchedule:
     def resolved_ca_scale(self, concept_count: int) -> float:
         if self.ca_scale > 0:
             return float(self.ca_scale)
-        return 0.9 if concept_count == 1 else 0.6
+        return CA_SCALE_SINGLE_CONCEPT if concept_count == 1 else CA_SCALE_MULTI_CONCEPT

@@ -17,7 +17,7 @@ NORM_EPS = 1e-8
 START_TOKEN = 0
 CA_SCALE_FOREGROUND_THRESHOLD = 0.9
 CA_SCALE_SINGLE_CONCEPT = 0.9
-CA_SCALE_MULTI_CONCEPT = 0.5
+CA_SCALE_MULTI_CONCEPT = 0.6  # the published multi-concept examples' ca_scale
 
 # Reference masks: loaded at 128x128, a pixel is "on" only when its 8-bit value is 255.
 REFERENCE_MASK_SIZE = 128

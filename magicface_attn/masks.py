@@ -5,7 +5,8 @@ import torch.nn.functional as F
 from .constants import REFERENCE_MASK_ON_VALUE, REFERENCE_MASK_SIZE
 from .device_constants import cached_constant
 
-MASK_MODES = ("nearest", "area")
+# How a mask is brought to a layer grid (mask_to_layer); the Stage Scheduler's mask_mode picks one.
+LAYER_RESIZE_MODES = ("nearest", "area")
 
 
 def nearest_indices(source: int, target: int, device=None) -> torch.Tensor:
@@ -44,8 +45,8 @@ def mask_to_layer(masks: torch.Tensor, h: int, w: int, mode: str = "nearest", th
         counts when the covered fraction is >= threshold. Better for soft or thin masks, whose
         nearest samples can miss the concept entirely at 32x32; not the reference behaviour.
     """
-    if mode not in MASK_MODES:
-        raise ValueError(f"mode must be one of {MASK_MODES}, got {mode!r}")
+    if mode not in LAYER_RESIZE_MODES:
+        raise ValueError(f"mode must be one of {LAYER_RESIZE_MODES}, got {mode!r}")
     if masks.dim() != 3:
         raise ValueError(f"expected (R, Hm, Wm) masks, got shape {tuple(masks.shape)}")
     values = masks.to(torch.float32)

@@ -3,7 +3,8 @@
 Used by scripts/demo.sh.  With no --workflow it runs the three-concept example
 (workflows/api/MagicFace three concepts.json: man + hat + sunglasses) on the
 published example references (--examples: a folder of the published repository's
-example concepts, laid out as docs/development.md says), shrunk to what a CPU runs in seconds; --txt2img runs the plain built-in graph instead.
+example concepts, laid out as docs/development.md says), shrunk to what a CPU runs in
+seconds; --txt2img runs the plain built-in graph instead.
 A workflow file may name its checkpoint "$CHECKPOINT" (or any ckpt_name) and
 will get the tiny one.  The pack is loaded by ComfyUI from a custom_nodes
 symlink, exactly as for users.

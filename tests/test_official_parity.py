@@ -1,9 +1,10 @@
 """Parity of magicface_attn with outputs of the official MagicFace code (stored vectors).
 
 Every *.safetensors file under $MAGICFACE_VECTORS (default $MAGICFACE_SHARED/testdata/
-official_vectors, $MAGICFACE_SHARED defaulting to <repo>/../shared) is one test, dispatched on its kind in manifest.json. A file this module cannot
-interpret fails; only a missing directory skips. The package is loaded from its file path so
-the repository root never lands on sys.path (the pack's nodes/ would shadow ComfyUI's nodes.py).
+official_vectors, $MAGICFACE_SHARED defaulting to <repo>/../shared) is one test, dispatched
+on its kind in manifest.json. A file this module cannot interpret fails; only a missing
+directory skips. The package is loaded from its file path so the repository root never lands
+on sys.path (the pack's nodes/ would shadow ComfyUI's nodes.py).
 """
 import hashlib
 import json

@@ -56,7 +56,7 @@ def _recorded_maps(model, plan, seed):
     for (block, number, index) in factors:
         clone.set_model_attn1_replace(self_attention, block, number, index)
         clone.set_model_attn2_replace(cross_attention, block, number, index)
-    sampling = clone.get_model_object("model_sampling")
+    sampling = clone.model.model_sampling
     comfy.model_management.load_models_gpu([clone])
     for fraction in auto_mask.ESTIMATE_FRACTIONS:
         level = float(sampling.percent_to_sigma(fraction))

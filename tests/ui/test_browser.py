@@ -245,7 +245,8 @@ NODE_BOXES = """(vue) => {
                            return [el.dataset.nodeId, r.left, r.top, r.right, r.bottom]; });
     }
     const title = LiteGraph.NODE_TITLE_HEIGHT;
-    return (app.graph.nodes ?? app.graph._nodes).map((n) => [String(n.id), n.pos[0], n.pos[1] - title, n.pos[0] + n.size[0], n.pos[1] + n.size[1]]);
+    return (app.graph.nodes ?? app.graph._nodes).map((n) => [String(n.id), n.pos[0], n.pos[1] - title,
+                                                            n.pos[0] + n.size[0], n.pos[1] + n.size[1]]);
 }"""
 
 
