@@ -164,3 +164,24 @@ def test_the_mask_preview_shows_the_masks_of_the_plan(tiny):
     # where the mask is on, the concept colour shows; where off, the reference itself
     off = masks[0] < 0.5
     assert torch.allclose(overlay[0, :SIZE, :, :][off], patch.plan.reference_images[0][off])
+
+
+def test_attention_on_one_half_gives_the_mask_of_that_half(tiny, monkeypatch):
+    """Where the recorded attention of the word favours the left half of the reference (and the
+    start token the right half), the mask Apply uses is the left half of the picture."""
+    model, clip, vae = tiny
+    auto_mask = pack_module("comfy_glue.auto_mask")
+    word = pack_module("comfy_glue.tokens").locate_concept_tokens(clip.tokenize, "a man", ["man"])[0]
+
+    def left_half_maps(q_self, k_self, q_cross, k_text, heads):
+        side = int(q_self.shape[1] ** 0.5)
+        left = (torch.arange(side)[None, :] < side // 2).float().expand(side, side).reshape(-1)
+        maps = torch.full((q_self.shape[0], side * side, k_text.shape[1]), 0.05)
+        maps[..., 0] = 1.1 - left
+        maps[..., word] = (0.1 + left)[:, None]
+        return maps
+    monkeypatch.setattr(auto_mask, "propagate_cross_maps", left_half_maps)
+    _, _, patch = apply(model, clip, vae, _auto_concept(), PROMPT)
+    expected = torch.zeros(SIZE, SIZE)
+    expected[:, : SIZE // 2] = 1
+    assert torch.equal(patch.plan.reference_masks[0], expected)
