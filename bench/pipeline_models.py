@@ -140,31 +140,25 @@ def concept_masks(concepts: int) -> torch.Tensor:
 
 def make_plan(model_patcher, spec: ModelSpec, concepts: int, seed: int = 0, semantic_cfg: bool = True,
               reference_every: int = 1, reference_size: int = 0, lean_segmentation: bool = False):
-    """A MagicFacePlan as MagicFace Apply would build it, without CLIP/VAE: random reference
-    latents at the target's size (or reference_size pixels square), a central rectangle per
-    concept mask, 'paper' layers; the segmentation reads all its layers, or with
-    lean_segmentation the first transformer of each block."""
-    layers = glue("layers")
+    """The MagicFacePlan MagicFace Apply would build (the pack's build_plan), without CLIP/VAE:
+    random reference latents at the target's size (or reference_size pixels square) and
+    contexts, a central rectangle per concept mask, 'paper' layers; the segmentation reads all
+    its layers, or with lean_segmentation the first transformer of each block."""
     generator = torch.Generator().manual_seed(seed + 100)
-    found = layers.list_attention_layers(model_patcher.model.diffusion_model)
     masks = concept_masks(concepts)
-    sampling = model_patcher.model.model_sampling
-
-    def sigma(fraction):
-        return float(sampling.percent_to_sigma(fraction))
     pooled = torch.randn(concepts, spec.pooled_dim, generator=generator) if spec.pooled_dim else None
     reference_hw = (reference_size // 8,) * 2 if reference_size else spec.latent_hw
-    return glue("plan").MagicFacePlan(
-        injection_layers=tuple(layers.select_injection_layers(found, "paper")),
-        segmentation_layers=tuple(layers.select_segmentation_layers(found, lean_segmentation_set(lean_segmentation))),
-        reference_latents=torch.randn(concepts, 4, *reference_hw, generator=generator),
-        reference_masks=masks, mask_mode="area", weights=tuple([2.5] + [2.0] * (concepts - 1)),
-        reference_context=torch.randn(concepts, 77, spec.unet["context_dim"], generator=generator),
-        reference_pooled=pooled, concept_tokens=tuple((2 + 3 * i,) for i in range(concepts)),
-        concept_names=tuple(f"concept{i}" for i in range(concepts)),
-        ca_scale=0.9 if concepts == 1 else 0.6, semantic_cfg=semantic_cfg,
-        sigma_start=sigma(0.0), sigma_switch=sigma(0.42), sigma_end=sigma(1.0), seed=seed,
-        reference_every=reference_every)
+    references = glue("builder").ReferenceBatch(
+        images=None, latents=torch.randn(concepts, 4, *reference_hw, generator=generator),
+        context=torch.randn(concepts, 77, spec.unet["context_dim"], generator=generator), pooled=pooled,
+        concat=None, size=masks.shape[-1])
+    weights = [2.5] + [2.0] * (concepts - 1)
+    bench_concepts = [glue("concepts").Concept(image=torch.zeros(1, 1, 3), mask=masks[i], words=f"concept{i}",
+                                               weight=weights[i], reference_prompt="") for i in range(concepts)]
+    schedule = glue("concepts").StageSchedule(semantic_cfg=semantic_cfg, reference_every=reference_every,
+                                              segmentation_layers=lean_segmentation_set(lean_segmentation))
+    tokens = [(2 + 3 * i,) for i in range(concepts)]
+    return glue("builder").build_plan(model_patcher, bench_concepts, schedule, references, tokens, seed=seed)
 
 
 def lean_segmentation_set(lean: bool) -> str:

@@ -96,11 +96,11 @@ def estimate_word_masks(layer_maps, tokens, thresholds, out_hw):
             for row, (row_tokens, threshold) in enumerate(zip(tokens, thresholds))]
 
 
-def with_estimated_masks(model_patcher, clip, sampling, concepts, references, seed):
+def with_estimated_masks(model_patcher, clip, sampling, concepts, references, segmentation_layers, seed):
     """concepts with every pending auto mask replaced by its estimate.
 
-    references: the builder's ReferenceBatch (images, latents, context, pooled, concat of every
-    concept, in concept order) and the segmentation layers.
+    references: the builder's ReferenceBatch (latents, context, pooled, concat of every concept,
+    in concept order); segmentation_layers: the layers whose attention the estimate reads.
     """
     pending = [i for i, c in enumerate(concepts) if c.auto_mask is not None]
     if not pending:
@@ -110,7 +110,7 @@ def with_estimated_masks(model_patcher, clip, sampling, concepts, references, se
     pooled = None if references.pooled is None else references.pooled[rows]
     concat = None if references.concat is None else references.concat[rows]
     layer_maps = record_reference_maps(model_patcher, sampling, references.latents[rows], references.context[rows],
-                                       pooled, concat, references.segmentation_layers, seed)
+                                       pooled, concat, segmentation_layers, seed)
     out_hw = max((hw for _, hw in layer_maps), key=lambda hw: hw[0] * hw[1])
     estimates = estimate_word_masks(layer_maps, tokens, [concepts[i].auto_mask.threshold for i in pending], out_hw)
     updated = list(concepts)

@@ -118,27 +118,25 @@ def _validate_clip(model_patcher, cond):
 @dataclass(frozen=True)
 class ReferenceBatch:
     """Every concept's reference, ready for the UNet, in concept order: images (R, S, S, 3) in
-    the square frame of side `size`; latents (R, C, S/8, S/8) in model space; context (R, T, C_ctx)
-    and pooled (R, C_pool) or None of the reference prompts; concat (R, C_extra, S/8, S/8) or None;
-    the segmentation layers the mask estimate reads."""
-    images: torch.Tensor
+    the square frame of side `size` (None where no picture exists, as in the bench), in which
+    the concepts' masks are laid too; latents (R, C, h, w) in model space; context (R, T, C_ctx)
+    and pooled (R, C_pool) or None of the reference prompts; concat (R, C_extra, h, w) or None."""
+    images: Optional[torch.Tensor]
     latents: torch.Tensor
     context: torch.Tensor
     pooled: Optional[torch.Tensor]
     concat: Optional[torch.Tensor]
     size: int
-    segmentation_layers: tuple
 
 
-def _reference_batch(model, clip, vae, concepts, size, mask_mode, segmentation) -> ReferenceBatch:
+def _reference_batch(model, clip, vae, concepts, size, mask_mode) -> ReferenceBatch:
     context, pooled = _reference_context(clip, concepts)
     images = _reference_images(concepts, size, mask_mode)
     latents = _reference_latents(model, vae, images)
-    return ReferenceBatch(images, latents, context, pooled, _reference_concat(model, latents), size,
-                          tuple(segmentation))
+    return ReferenceBatch(images, latents, context, pooled, _reference_concat(model, latents), size)
 
 
-def _with_masks(model, clip, sampling, concepts, references, mask_mode, seed):
+def _with_masks(model, clip, sampling, concepts, references, segmentation, mask_mode, seed):
     """Concepts without a mask get their estimate; reference mode keeps the published rules,
     where a concept without a mask is the whole image."""
     if mask_mode == keys.MASK_MODE_REFERENCE:
@@ -147,7 +145,7 @@ def _with_masks(model, clip, sampling, concepts, references, mask_mode, seed):
                 log.info("[MagicFace Apply] reference mode: concept '%s' has no mask and uses the whole image.",
                          concept.words)
         return tuple(concepts)
-    return with_estimated_masks(model, clip, sampling, tuple(concepts), references, seed)
+    return with_estimated_masks(model, clip, sampling, tuple(concepts), references, segmentation, seed)
 
 
 def _silent_concepts(concepts) -> int:
@@ -179,6 +177,30 @@ def _chosen_layers(model, schedule):
     return injection, segmentation
 
 
+def build_plan(model, concepts, schedule, references, concept_tokens, seed=0, prompt_context=None,
+               reference_noise=keys.REFERENCE_NOISE_PER_LEVEL) -> MagicFacePlan:
+    """The MagicFacePlan of these concepts (with their final masks) under this schedule: the one
+    place where the schedule's rules are resolved (layer presets, automatic ca_scale, speed
+    preset, fractions to noise levels). MagicFace Apply builds its plan here, and so do the
+    bench and the tests that bring random references instead of a CLIP and a VAE."""
+    injection, segmentation = _chosen_layers(model, schedule)
+    sampling = model_sampling_of(model)
+
+    def sigma_of(fraction):
+        return float(sampling.percent_to_sigma(float(fraction)))
+    return MagicFacePlan(
+        injection_layers=tuple(injection), segmentation_layers=tuple(segmentation),
+        reference_latents=references.latents, reference_concat=references.concat, reference_images=references.images,
+        reference_masks=_reference_masks(concepts, references.size, schedule.mask_mode), mask_mode=schedule.mask_mode,
+        weights=tuple(float(c.weight) for c in concepts), reference_context=references.context,
+        reference_pooled=references.pooled,
+        concept_tokens=tuple(tuple(t) for t in concept_tokens), concept_names=tuple(c.words for c in concepts),
+        ca_scale=schedule.resolved_ca_scale(len(concepts)), semantic_cfg=bool(schedule.semantic_cfg),
+        sigma_start=sigma_of(schedule.start_at), sigma_switch=sigma_of(schedule.switch_at),
+        sigma_end=sigma_of(schedule.end_at), seed=int(seed), reference_every=schedule.levers()[0],
+        prompt_context=prompt_context, reference_noise=reference_noise)
+
+
 def apply_magicface(model, clip, vae, concepts, prompt, schedule, seed=0, reference_size=0,
                     reference_noise=keys.REFERENCE_NOISE_PER_LEVEL):
     """Returns (patched clone, positive CONDITIONING of the prompt, the MagicFacePatch or None)."""
@@ -189,7 +211,7 @@ def apply_magicface(model, clip, vae, concepts, prompt, schedule, seed=0, refere
         log.warning("[MagicFace Apply] no concept connected: MagicFace is off, the model is returned unchanged.")
         cond, pooled = encode_text(clip, prompt)
         return model.clone(), [[cond, {"pooled_output": pooled}]], None
-    injection, segmentation = _chosen_layers(model, schedule)
+    _, segmentation = _chosen_layers(model, schedule)  # refused here, before anything is encoded
     concept_tokens = locate_concept_tokens(clip.tokenize, prompt, [c.words for c in concepts])
     cond, pooled = encode_text(clip, prompt)
     _validate_clip(model, cond)
@@ -199,27 +221,14 @@ def apply_magicface(model, clip, vae, concepts, prompt, schedule, seed=0, refere
     if size % (LATENT_STRIDE * 8):
         raise MagicFaceInputError(NODE, "reference_size", f"{size} is not a multiple of 64.",
                                   "use 0 (auto) or a multiple of 64 such as 512 or 1024.")
-    references = _reference_batch(model, clip, vae, concepts, size, schedule.mask_mode, segmentation)
-    sampling = model_sampling_of(model)
-    concepts = _with_masks(model, clip, sampling, concepts, references, schedule.mask_mode, seed)
+    references = _reference_batch(model, clip, vae, concepts, size, schedule.mask_mode)
+    concepts = _with_masks(model, clip, model_sampling_of(model), concepts, references, segmentation,
+                           schedule.mask_mode, seed)
     if _silent_concepts(concepts) == len(concepts) and not schedule.semantic_cfg:
         log.warning("[MagicFace Apply] every concept has an empty mask or weight 0 and semantic CFG is off: "
                     "the model is returned unpatched.")
         return model.clone(), conditioning, None
-
-    def sigma_of(fraction):
-        return float(sampling.percent_to_sigma(float(fraction)))
-    plan = MagicFacePlan(
-        injection_layers=tuple(injection), segmentation_layers=tuple(segmentation),
-        reference_latents=references.latents, reference_concat=references.concat, reference_images=references.images,
-        reference_masks=_reference_masks(concepts, size, schedule.mask_mode), mask_mode=schedule.mask_mode,
-        weights=tuple(float(c.weight) for c in concepts), reference_context=references.context,
-        reference_pooled=references.pooled,
-        concept_tokens=tuple(tuple(t) for t in concept_tokens), concept_names=tuple(c.words for c in concepts),
-        ca_scale=schedule.resolved_ca_scale(len(concepts)), semantic_cfg=bool(schedule.semantic_cfg),
-        sigma_start=sigma_of(schedule.start_at), sigma_switch=sigma_of(schedule.switch_at),
-        sigma_end=sigma_of(schedule.end_at), seed=int(seed), reference_every=schedule.levers()[0],
-        prompt_context=cond[0].cpu(), reference_noise=reference_noise)
+    plan = build_plan(model, concepts, schedule, references, concept_tokens, seed, cond[0].cpu(), reference_noise)
     patched = model.clone()
     patch = MagicFacePatch(plan)
     patch.install(patched)

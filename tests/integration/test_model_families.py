@@ -24,23 +24,21 @@ def glue(module):
 
 
 def _plan_for(model_patcher, context_dim, pooled_dim=None, concepts=2, seed=0, segmentation_set="all layers"):
-    """A MagicFacePlan built without CLIP/VAE (these tiny UNets come without them)."""
-    layers = glue("layers")
+    """A MagicFacePlan built by the pack's build_plan from random references (these tiny UNets
+    come without a CLIP and a VAE)."""
     generator = torch.Generator().manual_seed(seed)
-    found = layers.list_attention_layers(model_patcher.model.diffusion_model)
     masks = torch.zeros(concepts, 64, 64)
     masks[:, 8:56, 16:48] = 1
-    sampling = model_patcher.model.model_sampling
-    return glue("plan").MagicFacePlan(
-        injection_layers=tuple(layers.select_injection_layers(found, "paper")),
-        segmentation_layers=tuple(layers.select_segmentation_layers(found, segmentation_set)),
-        reference_latents=torch.randn(concepts, 4, 8, 8, generator=generator),
-        reference_masks=masks, mask_mode="area", weights=tuple([2.0] * concepts),
-        reference_context=torch.randn(concepts, 77, context_dim, generator=generator),
-        reference_pooled=None if pooled_dim is None else torch.randn(concepts, pooled_dim, generator=generator),
-        concept_tokens=tuple((2 + 3 * i,) for i in range(concepts)), concept_names=("a", "b")[:concepts],
-        ca_scale=0.6, semantic_cfg=True, sigma_start=float(sampling.percent_to_sigma(0.0)),
-        sigma_switch=float(sampling.percent_to_sigma(0.42)), sigma_end=float(sampling.percent_to_sigma(1.0)), seed=seed)
+    references = glue("builder").ReferenceBatch(
+        images=None, latents=torch.randn(concepts, 4, 8, 8, generator=generator),
+        context=torch.randn(concepts, 77, context_dim, generator=generator),
+        pooled=None if pooled_dim is None else torch.randn(concepts, pooled_dim, generator=generator),
+        concat=None, size=64)
+    named = [glue("concepts").Concept(image=torch.zeros(1, 1, 3), mask=masks[i], words=("a", "b")[i], weight=2.0,
+                                      reference_prompt="") for i in range(concepts)]
+    schedule = glue("concepts").StageSchedule(ca_scale=0.6, segmentation_layers=segmentation_set)
+    tokens = [(2 + 3 * i,) for i in range(concepts)]
+    return glue("builder").build_plan(model_patcher, named, schedule, references, tokens, seed=seed)
 
 
 @pytest.fixture(scope="module")
