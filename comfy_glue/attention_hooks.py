@@ -129,9 +129,9 @@ class SelfAttentionHook(_SharedOnCopy):
         if self.record:
             owner = concept_owner(regions[:1])[0] if regions is not None else None
             ref_grid, ref_window = call.run.reference_windows[self.layer.key]
-            call.run.attention_record = AttentionRecord(
+            call.run.keep_attention_record(AttentionRecord(
                 layer=self.layer, stage=call.stage, query=q[rows][0], own_keys=k[rows][0], refs=refs,
-                heads=heads, hw=hw, ref_grid=ref_grid, ref_window=ref_window, owner=owner)
+                heads=heads, hw=hw, ref_grid=ref_grid, ref_window=ref_window, owner=owner))
         call.run.calls[(call.stage, self.layer.name)] += 1
 
 

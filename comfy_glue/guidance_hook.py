@@ -53,7 +53,7 @@ class SemanticGuidanceHook(_SharedOnCopy):
         scale = float(args["cond_scale"])
         run = self.patch.active_run()
         if run is not None:
-            run.cfg_hook_ran = True
+            run.note_cfg_hook_ran()
         cond, uncond = args["cond"], args["uncond"]
         segmentation = _step_segmentation(run, args["sigma"], cond.shape[0], scale)
         if segmentation is None:
@@ -76,7 +76,7 @@ class SemanticGuidanceBackstop(_SharedOnCopy):
         run = self.patch.active_run()
         if run is None:
             return denoised
-        ran, run.cfg_hook_ran = run.cfg_hook_ran, False
+        ran = run.take_cfg_hook_ran()
         uncond = args.get("uncond_denoised")
         if ran or uncond is None:
             return denoised

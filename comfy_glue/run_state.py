@@ -329,6 +329,19 @@ class MagicFaceRun:
         self.segmented_rows = list(tail.segmented_rows)
         self.frame_hw = tail.frame_hw
 
+    def note_cfg_hook_ran(self):
+        """The semantic CFG hook ran for the current step (the post-CFG backstop then stays idle)."""
+        self.cfg_hook_ran = True
+
+    def take_cfg_hook_ran(self) -> bool:
+        """Whether the CFG hook ran since the last call; resets it for the next step."""
+        ran, self.cfg_hook_ran = self.cfg_hook_ran, False
+        return ran
+
+    def keep_attention_record(self, record):
+        """The attention of the last injected call, for the Attention Map node."""
+        self.attention_record = record
+
     def release_references(self):
         self.reference_kv.clear()
         self.reference_windows.clear()
