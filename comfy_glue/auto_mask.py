@@ -11,7 +11,7 @@ import dataclasses
 
 import torch
 
-from .errors import MagicFaceInputError
+from .errors import MagicFaceInputError, reference_prompt_lacks_word
 from .host import host_attention, noise_to_sigma, run_unet_once, size_adm
 from .layers import layer_hw
 from .reference_frame import unfitted
@@ -74,10 +74,7 @@ def word_tokens(clip, concept):
     try:
         return locate_concept_tokens(clip.tokenize, concept.reference_prompt, [concept.words])[0]
     except MagicFaceInputError:
-        raise MagicFaceInputError(
-            concept.node, "reference_prompt", f"'{concept.reference_prompt}' does not contain the concept word "
-            f"'{concept.words}', which the mask estimate looks for in the reference.",
-            f"describe the reference with the word in it (e.g. 'a {concept.words}'), or connect a mask.") from None
+        raise reference_prompt_lacks_word(concept.node, concept.reference_prompt, concept.words) from None
 
 
 def picture_mask(grid_mask, concept, frame_size: int):

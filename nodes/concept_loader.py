@@ -6,7 +6,7 @@ import torch
 
 from ..comfy_glue import keys
 from ..comfy_glue.concepts import AutoMaskSettings, Concept, ConceptList
-from ..comfy_glue.errors import MagicFaceInputError
+from ..comfy_glue.errors import MagicFaceInputError, reference_prompt_lacks_word
 from .ranges import check_declared_ranges
 
 log = logging.getLogger("MagicFace")
@@ -67,9 +67,7 @@ def mask_plan(mask, mask_source, words, prompt, node, settings):
     if mask is not None or mask_source == keys.MASK_SOURCE_WHOLE:
         return None
     if not re.search(rf"(?<!\w){re.escape(words.lower())}(?!\w)", prompt.lower()):
-        raise MagicFaceInputError(node, "reference_prompt", f"'{prompt}' does not contain the concept word "
-                                  f"'{words}', which the mask estimate looks for in the reference.",
-                                  f"describe the reference with the word in it (e.g. 'a {words}'), or connect a mask.")
+        raise reference_prompt_lacks_word(node, prompt, words)
     return settings
 
 
