@@ -92,7 +92,7 @@ class PartTimer:
 # Part name -> [(module name, attribute path)]: the functions each part's time is taken from.
 # The hooks call these through their own module's globals, so that is where they are replaced.
 PARTS = {
-    "reference inputs / separate pass": [("patch", "run_reference_pass"), ("patch", "coupled_inputs")],
+    "reference inputs / separate pass": [("model_call", "run_reference_pass"), ("model_call", "coupled_inputs")],
     "joined attention (RSA/RBA)": [("attention_hooks", "rsa_attention"), ("attention_hooks", "rba_attention")],
     "segmentation": [("propagation_queue", "propagate_cross_maps"),
                      ("run_state", "MagicFaceRun.finish_segmentation")],
@@ -125,10 +125,10 @@ def instrumented(timer: PartTimer):
             setattr(owner, name, original)
 
 
-# Frames of these pack folders own an op; the model wrapper (patch.py's __call__) only calls the
+# Frames of these pack folders own an op; the per-call pipeline (model_call.py) only calls the
 # UNet, so the UNet's ops under it count as the host's.
 _PACK_FOLDERS = tuple(f"{os.sep}{name}{os.sep}" for name in ("comfy_glue", "magicface_attn"))
-_WRAPPER = (f"{os.sep}comfy_glue{os.sep}patch.py", "__call__")
+_PIPELINE = f"{os.sep}comfy_glue{os.sep}model_call.py"
 
 
 def _pack_caller() -> str:
@@ -137,7 +137,7 @@ def _pack_caller() -> str:
     while frame is not None:
         path, name = frame.f_code.co_filename, frame.f_code.co_name
         folder = next((f for f in _PACK_FOLDERS if f in path), None)
-        if folder is not None and not (path.endswith(_WRAPPER[0]) and name == _WRAPPER[1]):
+        if folder is not None and not path.endswith(_PIPELINE):
             return f"{folder.strip(os.sep)}/{path.rsplit(os.sep, 1)[-1]}:{name}"
         frame = frame.f_back
     return "host"

@@ -8,13 +8,14 @@ import copy
 
 import torch
 
-from . import keys
+from . import keys, run_ledger
+from .call_context import AttentionRecord
 from .concepts import _SharedOnCopy
 from .errors import MagicFaceInputError
 from .host import host_attention
 from .layers import token_grid
-from .run_state import AttentionRecord
-from ..magicface_attn import concept_owner, pixel_groups_of_grids, rba_attention, resize_nearest, rsa_attention
+from ..magicface_attn import (concept_owner, make_reference_kv, pixel_groups_of_grids, rba_attention, resize_nearest,
+                              rsa_attention)
 
 
 _FOREIGN_TOKENS_FIX = ("remove HyperTile or Token Merging (ToMe) from the model that MagicFace patches: MagicFace "
@@ -92,24 +93,35 @@ class SelfAttentionHook(_SharedOnCopy):
         heads = extra["n_heads"]
         if call.mode == keys.MODE_CAPTURE:
             if self.inject:
-                call.run.store_reference(self.layer, k, v, heads, call.latent_hw)
+                self._store_references(call, k, v, heads, box=None)
             return host_attention(q, k, v, heads, extra)
         rows = call.rows
         hw = pixel_grid(call, self.layer, q, k)
         if self.collect and call.segment:
             call.pending_self[self.layer.key] = (q[rows.seg], k[rows.seg], hw)
         if self.inject and rows.refs is not None:  # batch coupling: the references ride in this batch
-            call.run.store_reference(self.layer, k[rows.refs], v[rows.refs], heads, call.latent_hw, call.letterbox)
+            self._store_references(call, k[rows.refs], v[rows.refs], heads, box=call.letterbox)
         out = self._plain(q, k, v, extra)
         if self.inject and call.stage is not None:
             self._inject(out, q, k, v, call, heads, hw)
         return out
 
+    def _store_references(self, call, k, v, heads, box):
+        """The references' keys/values (R, N, C) of this layer, masked and weighted, into the
+        run's store; box: their Letterbox in the call's frame (None: they fill it)."""
+        store = call.run.references
+        masks = store.layer_masks(self.layer, call.latent_hw, box, k.device)
+        if masks.grid[0] * masks.grid[1] != k.shape[1]:
+            raise RuntimeError(f"MagicFace: reference tokens {k.shape[1]} do not match grid {masks.grid} "
+                               f"at {self.layer.name}")
+        kv = make_reference_kv(k, v, masks.masks, call.run.plan.weights, heads, layout=masks.layout)
+        store.put(self.layer.key, kv, masks)
+
     def _inject(self, out, q, k, v, call, heads, hw):
         """RSA/RBA written into the cond rows of `out`, the whole batch's plain attention (the
         host's or the wrapped node's): the other rows keep it, and no row is computed twice
         apart from RSA's cond rows."""
-        refs = call.run.reference_kv.get(self.layer.key)
+        refs = call.run.references.kv(self.layer.key)
         if refs is None or refs.total_kept == 0:
             return  # every reference mask vanished at this resolution: plain attention, bit-exact
         rows = call.rows.cond
@@ -128,11 +140,11 @@ class SelfAttentionHook(_SharedOnCopy):
             out[rows] = target
         if self.record:
             owner = concept_owner(regions[:1])[0] if regions is not None else None
-            ref_grid, ref_window = call.run.reference_windows[self.layer.key]
+            ref_grid, ref_window = call.run.references.window(self.layer.key)
             call.run.keep_attention_record(AttentionRecord(
                 layer=self.layer, stage=call.stage, query=q[rows][0], own_keys=k[rows][0], refs=refs,
                 heads=heads, hw=hw, ref_grid=ref_grid, ref_window=ref_window, owner=owner))
-        call.run.calls[(call.stage, self.layer.name)] += 1
+        call.run.ledger.count(call.stage, self.layer.name)
 
 
 class CrossAttentionHook:
@@ -194,5 +206,5 @@ class CrossAttentionHook:
                 q_self, k_self, hw = pending
                 rows = call.rows.seg
                 call.propagation.add(q_self, k_self, q[rows], k[rows], heads, hw)
-                call.run.calls[("segmentation", self.layer.name)] += 1
+                call.run.ledger.count(run_ledger.SEGMENTATION, self.layer.name)
         return out

@@ -9,10 +9,12 @@ import torch.nn.functional as F
 from . import keys
 from .auto_mask import with_estimated_masks
 from .errors import MagicFaceInputError
-from .host import nothing_known_concat, unet_input_channels
+from .host import (context_width, diffusion_model_of, is_sdxl, model_sampling_of, nothing_known_concat,
+                   predicts_velocity, to_model_latent, unet_input_channels)
 from .layers import list_attention_layers, select_injection_layers, select_segmentation_layers
 from .patch import MagicFacePatch
 from .plan import MagicFacePlan
+from .probe import MagicFaceProbe
 from .reference_frame import fitted, squashed
 from .tokens import locate_concept_tokens
 from ..magicface_attn import reference_mode_mask
@@ -24,19 +26,10 @@ LATENT_STRIDE = 8
 NATIVE_SIZE_SDXL, NATIVE_SIZE_V, NATIVE_SIZE_DEFAULT = 1024, 768, 512
 
 
-def model_sampling_of(model_patcher):
-    if hasattr(model_patcher, "get_model_object"):
-        return model_patcher.get_model_object("model_sampling")
-    return model_patcher.model.model_sampling
-
-
 def native_size(model_patcher) -> int:
-    base = model_patcher.model
-    if type(base).__name__.startswith("SDXL"):
+    if is_sdxl(model_patcher):
         return NATIVE_SIZE_SDXL
-    if getattr(getattr(base, "model_type", None), "name", "") == "V_PREDICTION":
-        return NATIVE_SIZE_V
-    return NATIVE_SIZE_DEFAULT
+    return NATIVE_SIZE_V if predicts_velocity(model_patcher) else NATIVE_SIZE_DEFAULT
 
 
 def encode_text(clip, text):
@@ -54,7 +47,7 @@ def _reference_images(concepts, size, mask_mode):
 def _reference_latents(model_patcher, vae, images):
     with torch.no_grad():
         latents = vae.encode(images[..., :3])
-    return model_patcher.model.process_latent_in(latents.float()).cpu()
+    return to_model_latent(model_patcher, latents.float()).cpu()
 
 
 def _reference_concat(model_patcher, latents):
@@ -96,7 +89,7 @@ def _reference_context(clip, concepts):
 
 
 def _validate_model(model_patcher):
-    diffusion_model = getattr(model_patcher.model, "diffusion_model", None)
+    diffusion_model = diffusion_model_of(model_patcher)
     layers = list_attention_layers(diffusion_model) if diffusion_model is not None else []
     if not layers:
         raise MagicFaceInputError(
@@ -107,7 +100,7 @@ def _validate_model(model_patcher):
 
 
 def _validate_clip(model_patcher, cond):
-    width = model_patcher.model.model_config.unet_config.get("context_dim")
+    width = context_width(model_patcher)
     if width is not None and cond.shape[-1] != width:
         raise MagicFaceInputError(
             NODE, "clip", f"its text features are {cond.shape[-1]} wide, but this model's cross-attention "
@@ -203,7 +196,7 @@ def build_plan(model, concepts, schedule, references, concept_tokens, seed=0, pr
 
 def apply_magicface(model, clip, vae, concepts, prompt, schedule, seed=0, reference_size=0,
                     reference_noise=keys.REFERENCE_NOISE_PER_LEVEL):
-    """Returns (patched clone, positive CONDITIONING of the prompt, the MagicFacePatch or None)."""
+    """Returns (patched clone, positive CONDITIONING of the prompt, its MagicFaceProbe or None)."""
     if not prompt.strip():
         raise MagicFaceInputError(NODE, "prompt", "the prompt is empty.",
                                   "type the target prompt, with each concept's word in it.")
@@ -232,4 +225,4 @@ def apply_magicface(model, clip, vae, concepts, prompt, schedule, seed=0, refere
     patched = model.clone()
     patch = MagicFacePatch(plan)
     patch.install(patched)
-    return patched, conditioning, patch
+    return patched, conditioning, MagicFaceProbe(patch)

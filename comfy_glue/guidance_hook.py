@@ -15,6 +15,7 @@ import logging
 
 import torch
 
+from . import run_ledger
 from .batch_rows import stack_elements
 from .concepts import _SharedOnCopy
 from ..magicface_attn import semantic_cfg, semantic_cfg_rate
@@ -30,7 +31,7 @@ def _step_segmentation(run, sigma, rows: int, scale: float):
     """The segmentation semantic CFG uses at this evaluation, or None where it leaves CFG plain."""
     if run is None or scale == 1.0:
         return None
-    segmentation = run.segmentation_at(_sigma_value(sigma))
+    segmentation = run.segmentation.at(_sigma_value(sigma))
     return segmentation if segmentation is not None and len(segmentation) == rows else None
 
 
@@ -59,7 +60,7 @@ class SemanticGuidanceHook(_SharedOnCopy):
         if segmentation is None:
             return self._fallback(args)
         rate = _rate(run, segmentation, uncond, cond, scale)
-        run.calls[("guidance", "step")] += 1
+        run.ledger.count(run_ledger.GUIDANCE, "step")
         if self.previous is not None:
             return self.previous({**args, "cond": uncond + rate * (cond - uncond)})
         return semantic_cfg(uncond, cond, rate, scale)
@@ -81,10 +82,10 @@ class SemanticGuidanceBackstop(_SharedOnCopy):
         if ran or uncond is None:
             return denoised
         if "cond_scale" not in args:  # the 2024 host does not pass the CFG scale here
-            if not run.calls[("guidance", "replaced")]:
+            if not run.ledger.counted(run_ledger.GUIDANCE, "replaced"):
                 log.warning("[MagicFace Apply] a node applied after MagicFace Apply replaced the CFG function, "
                             "so semantic CFG is off in this run; apply that node before MagicFace Apply.")
-            run.calls[("guidance", "replaced")] += 1
+            run.ledger.count(run_ledger.GUIDANCE, "replaced")
             return denoised
         scale = float(args["cond_scale"])
         cond = args["cond_denoised"]
@@ -92,5 +93,5 @@ class SemanticGuidanceBackstop(_SharedOnCopy):
         if segmentation is None:
             return denoised
         rate = _rate(run, segmentation, uncond, cond, scale)
-        run.calls[("guidance", "after another cfg function")] += 1
+        run.ledger.count(run_ledger.GUIDANCE, "after another cfg function")
         return denoised + (cond - uncond) * ((rate - 1) * scale)

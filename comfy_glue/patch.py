@@ -3,8 +3,8 @@
 Hooks installed (all wrap what was there before, never overwrite it):
 - attn1 replace on injection layers (RSA/RBA) and segmentation layers (query/key capture);
 - attn2 replace on segmentation layers (segmentation maps);
-- model_function_wrapper: per-call context, the references' rows (coupled into the call's batch
-  or a separate pass, see coupling.py), segmentation at the end of a call;
+- model_function_wrapper: the per-call pipeline (model_call.py): the call's context, the
+  references' rows (coupled into the call's batch or a separate pass), segmentation at its end;
 - sampler_cfg_function: semantic-aware CFG (when enabled), and a post-CFG function that keeps it
   on where another node replaces the cfg function later (see guidance_hook.py);
 - ON_CLONE callback where the host has one: a clone gets its own cross-attention hooks (see
@@ -15,15 +15,12 @@ Hooks installed (all wrap what was there before, never overwrite it):
   run's state is released then.
 """
 from . import keys
-from .attention_hooks import CrossAttentionHook, SelfAttentionHook, prepare_rba_regions
-from .batch_rows import batch_rows, stack_elements, uncond_half_rows
+from .attention_hooks import CrossAttentionHook, SelfAttentionHook
 from .concepts import _SharedOnCopy
 from .guidance_hook import SemanticGuidanceBackstop, SemanticGuidanceHook
 from .host import add_clone_callback, add_outer_sample_wrapper, get_attention_replace, has_outer_sample_wrapper
-from .layers import layer_hw
-from .coupling import can_couple, coupled_inputs
-from .reference_pass import ReferenceInputs, run_reference_pass
-from .run_state import CallContext, MagicFaceRun
+from .model_call import ModelCallHook
+from .run_state import MagicFaceRun
 
 
 class MagicFacePatch(_SharedOnCopy):
@@ -131,135 +128,3 @@ class OuterSampleHook(_SharedOnCopy):
             return executor(*args, **kwargs)
         finally:
             self.patch.end_run()
-
-
-class ModelCallHook(_SharedOnCopy):
-    """model_function_wrapper: sets up one call's context around the host's apply_model."""
-
-    def __init__(self, patch, previous=None):
-        self.patch, self.previous = patch, previous
-
-    def _forward(self, apply_model, args):
-        if self.previous is not None:
-            return self.previous(apply_model, args)
-        return apply_model(args["input"], args["timestep"], **args["c"])
-
-    def __call__(self, apply_model, args):
-        x, timestep, c = args["input"], args["timestep"], args["c"]
-        if c.get("transformer_options", {}).get(keys.CALL_CONTEXT_KEY) is not None:
-            return self._forward(apply_model, args)  # a nested call of another MagicFace patch
-        sigma = float(timestep.reshape(-1)[0])
-        stage = self.patch.plan.stage_at(sigma)
-        cond_or_uncond = tuple(args["cond_or_uncond"])
-        if stage is None or keys.COND_FLAG not in cond_or_uncond:
-            if stage is not None and keys.UNCOND_FLAG in cond_or_uncond:
-                return self._uncond_half(apply_model, args, sigma, cond_or_uncond)
-            return self._forward(apply_model, args)
-
-        run = self.patch.run_for_call(sigma, x.shape[-2:])
-        if not run.covers(x.shape[-2:]):
-            return self._forward(apply_model, args)
-        chunk = x.shape[0] // len(cond_or_uncond)
-        extra_pass = run.extra_pass(sigma, cond_or_uncond)
-        if extra_pass and not run.carries_positive_prompt(c["c_crossattn"]):
-            # A baseline prediction of another prompt (SAG's blurred negative, PerpNeg's empty
-            # prompt): left as plain as the step's own uncond rows, else the guidance would
-            # subtract MagicFace's effect.
-            run.calls[("guidance pass", "plain")] += 1
-            return self._forward(apply_model, args)
-        run.begin_step(sigma)
-        fresh = run.references_due()
-        call = None
-        try:
-            if not extra_pass:
-                run.check_prompt(c["c_crossattn"], cond_or_uncond, chunk)
-            refs = run.cached(("reference inputs", x.device, c["c_crossattn"].dtype, "y" in c),
-                              lambda: ReferenceInputs(run.plan, apply_model.__self__, c, x.device,
-                                                      (chunk,) + tuple(x.shape[1:])))
-            box = can_couple(x, c, refs, has_foreign_wrapper=self.previous is not None) if fresh else None
-            coupled = box is not None
-            rows = run.cached(("rows", cond_or_uncond, chunk, coupled, x.device),
-                              lambda: batch_rows(cond_or_uncond, chunk, refs.count if coupled else 0, x.device))
-            call = CallContext(run=run, mode=keys.MODE_TARGET, sigma=sigma, latent_hw=tuple(x.shape[-2:]),
-                               stage=stage, rows=rows, letterbox=box, segment=not extra_pass)
-            if stage == keys.STAGE_RBA:
-                call.regions = self._regions(run, sigma)
-                if call.regions is not None:
-                    prepare_rba_regions(call, {layer_hw(call.latent_hw, layer.factor)
-                                               for layer in run.plan.injection_layers})
-            options = self._own_hooks_outermost(dict(c.get("transformer_options", {})))
-            options[keys.CALL_CONTEXT_KEY] = call
-            target_c = {**c, "transformer_options": options}
-            if coupled:
-                coupled_x, coupled_t, coupled_c = coupled_inputs(x, timestep, target_c, refs, sigma, box)
-                out = apply_model(coupled_x, coupled_t, **coupled_c)[: x.shape[0]]
-            else:
-                if fresh:
-                    run_reference_pass(run, self.patch.self_hooks, apply_model, c, refs, sigma)
-                out = self._forward(apply_model, {**args, "c": target_c})
-            if fresh:
-                run.references_made()
-            run.calls[("references", ("coupled" if coupled else "separate pass") if fresh else "reused")] += 1
-            run.stage_sigmas[stage].append(sigma)
-            if extra_pass:
-                run.calls[("guidance pass", "magicface")] += 1
-            else:
-                run.finish_segmentation(call)
-                run.note_own_call(sigma, cond_or_uncond, c["c_crossattn"], chunk)
-            return out
-        except BaseException:
-            self.patch.end_run(continuable=False)  # a failed or interrupted call frees every reference tensor now
-            raise
-        finally:
-            if call is not None:
-                call.release()
-            # Exact mode: reference features are valid for one noise level only; dropping them after
-            # each call means an interrupt between steps leaves nothing large behind. The approximate
-            # mode keeps them for the next steps; the run's end releases them.
-            if run.plan.reference_every == 1:
-                run.release_references()
-
-    def _uncond_half(self, apply_model, args, sigma, cond_or_uncond):
-        """A call of a step's uncond rows without its cond rows (the host split the batch to fit
-        memory): plain, but the segmentation reads it, as it reads uncond rows batched with cond."""
-        x, c = args["input"], args["c"]
-        run = self.patch.run_for_call(sigma, x.shape[-2:])
-        if not run.covers(x.shape[-2:]):
-            return self._forward(apply_model, args)
-        chunk = x.shape[0] // len(cond_or_uncond)
-        rows = run.cached(("uncond half rows", cond_or_uncond, chunk, x.device),
-                          lambda: uncond_half_rows(cond_or_uncond, chunk, x.device))
-        call = CallContext(run=run, mode=keys.MODE_TARGET, sigma=sigma, latent_hw=tuple(x.shape[-2:]), rows=rows)
-        options = self._own_hooks_outermost(dict(c.get("transformer_options", {})))
-        options[keys.CALL_CONTEXT_KEY] = call
-        try:
-            out = self._forward(apply_model, {**args, "c": {**c, "transformer_options": options}})
-            run.finish_segmentation(call)
-            run.calls[("segmentation", "uncond half")] += 1
-            return out
-        except BaseException:
-            self.patch.end_run(continuable=False)
-            raise
-        finally:
-            call.release()
-
-    def _own_hooks_outermost(self, options):
-        """transformer_options for one call in which every layer MagicFace patched runs its hook
-        first: a replace another node set there after MagicFace Apply (Self-Attention Guidance
-        at the middle block) is wrapped for this call, as if that node had come first."""
-        replaces = options.get("patches_replace", {})
-        wrapped = {}
-        for (kind, key), hook in self.patch.installed.items():
-            current = replaces.get(kind, {}).get(key)
-            if getattr(current, "owner", None) is not self.patch:
-                wrapped.setdefault(kind, dict(replaces.get(kind, {})))[key] = hook.around(current)
-        if wrapped:
-            options["patches_replace"] = {**replaces, **wrapped}
-        return options
-
-    @staticmethod
-    def _regions(run, sigma):
-        segmentation = run.segmentation_before(sigma)
-        if segmentation is None:
-            return None
-        return stack_elements([s.concept_regions for s in segmentation])

@@ -14,7 +14,8 @@ import torch
 
 from . import keys
 from .host import noise_to_sigma, size_adm
-from .run_state import CallContext, same_sigma
+from .call_context import CallContext
+from .noise_levels import same_sigma
 
 # Mixes the user's seed with the noise level so each step gets fresh but reproducible
 # reference noise, independent of how often the sampler calls the model.
@@ -191,7 +192,7 @@ def _reference_adm(base_model, plan, target_c, latent_hw, device):
 
 
 def run_reference_pass(run, hooks, apply_model, target_c, refs: ReferenceInputs, sigma_value: float):
-    """Separate pass: fill run.reference_kv for one noise level (the run drops it after the call)."""
+    """Separate pass: fill run.references for one noise level (exact mode drops them after the call)."""
     noisy, sigma = refs.noisy(sigma_value)
     call = CallContext(run=run, mode=keys.MODE_CAPTURE, sigma=sigma_value, latent_hw=refs.latent_hw)
     target_options = target_c.get("transformer_options", {})
@@ -207,7 +208,7 @@ def run_reference_pass(run, hooks, apply_model, target_c, refs: ReferenceInputs,
     extra = {} if refs.adm is None else {"y": refs.adm}
     if refs.concat is not None:
         extra["c_concat"] = refs.concat
-    run.reference_kv.clear()
+    run.references.clear()
     with torch.no_grad():
         apply_model(noisy, sigma, c_crossattn=refs.context, transformer_options=options, **extra)
     call.release()

@@ -41,7 +41,7 @@ class MagicFaceApply:
 
     def apply(self, model, clip, vae, prompt, concepts=None, schedule=None, seed=0, reference_size=0,
               reference_noise=keys.REFERENCE_NOISE_PER_LEVEL):
-        patched, positive, patch = apply_magicface(model, clip, vae, concepts or ConceptList(), prompt,
+        patched, positive, probe = apply_magicface(model, clip, vae, concepts or ConceptList(), prompt,
                                                    schedule or StageSchedule(), seed=seed,
                                                    reference_size=reference_size, reference_noise=reference_noise)
-        return patched, positive, patch
+        return patched, positive, probe

@@ -148,13 +148,25 @@ def reference_calls(patch):
 @contextmanager
 def separate_pass_only():
     """References through their own pass, never coupled into the target's call."""
-    patch_module = pack_module("comfy_glue.patch")
-    saved = patch_module.can_couple
-    patch_module.can_couple = lambda *args, **kwargs: None
+    call_module = pack_module("comfy_glue.model_call")
+    saved = call_module.can_couple
+    call_module.can_couple = lambda *args, **kwargs: None
     try:
         yield
     finally:
-        patch_module.can_couple = saved
+        call_module.can_couple = saved
+
+
+def patch_of(model):
+    """The MagicFacePatch behind a model MagicFace Apply patched (its probe is read-only): the
+    owner of the model's call wrapper, for tests of the run's lifecycle."""
+    return model.model_options["model_function_wrapper"].patch
+
+
+def holds_references(patch) -> bool:
+    """Whether the patch's current run still holds reference features."""
+    run = patch.active_run()
+    return run is not None and len(run.references) > 0
 
 
 def relative_difference(a, b) -> float:

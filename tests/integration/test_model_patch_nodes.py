@@ -7,7 +7,7 @@ the resized grid; HyperTile and ToMe re-cut the tokens, and MagicFace says so by
 import pytest
 import torch
 
-from .mf import apply_with_other, assert_stage_counts, pack_module, run_node, sample
+from .mf import apply_with_other, assert_stage_counts, pack_module, patch_of, run_node, sample
 
 STEPS = 3
 
@@ -86,4 +86,4 @@ def test_nodes_that_recut_tokens_get_a_clear_error(tiny, negative, name, order):
     message = str(caught.value)
     assert message.startswith("[MagicFace Apply] input 'model'") and "HyperTile" in message and "ToMe" in message
     assert "output_" in message  # names the layer where it happened
-    assert patch.active_run() is None  # the failed run was released
+    assert patch_of(patched).active_run() is None  # the failed run was released

@@ -4,7 +4,8 @@ import gc
 import psutil
 import torch
 
-from integration.mf import PAUL_PROMPT, apply, concepts_from, paul_concepts, sample, synthetic_concept
+from integration.mf import (PAUL_PROMPT, apply, concepts_from, holds_references, patch_of, paul_concepts, sample,
+                            synthetic_concept)
 
 RUNS, WARMUP = 20, 4
 # Allocator noise of a CPU torch process over 16 runs; a leaked reference set is far larger
@@ -29,8 +30,7 @@ def test_twenty_runs_no_memory_growth(tiny, negative, request):
     for _ in range(RUNS):
         outputs.append(sample(patched, positive, negative, torch.zeros(1, 4, 8, 8), steps=2))
         rss.append(_rss_mb())
-        run = patch.active_run()
-        assert run is None or not run.reference_kv
+        assert not holds_references(patch_of(patched))
     assert all(torch.equal(o, outputs[0]) for o in outputs)
     growth = max(rss[WARMUP:]) - rss[WARMUP - 1]
     print(f"RSS after each run (MB): {[round(r) for r in rss]}")
