@@ -155,7 +155,7 @@ def make_plan(model_patcher, spec: ModelSpec, concepts: int, seed: int = 0, sema
     weights = [2.5] + [2.0] * (concepts - 1)
     bench_concepts = [glue("concepts").Concept(image=torch.zeros(1, 1, 3), mask=masks[i], words=f"concept{i}",
                                                weight=weights[i], reference_prompt="") for i in range(concepts)]
-    schedule = glue("concepts").StageSchedule(semantic_cfg=semantic_cfg, reference_every=reference_every,
+    schedule = glue("schedule").StageSchedule(semantic_cfg=semantic_cfg, reference_every=reference_every,
                                               segmentation_layers=lean_segmentation_set(lean_segmentation))
     tokens = [(2 + 3 * i,) for i in range(concepts)]
     return glue("builder").build_plan(model_patcher, bench_concepts, schedule, references, tokens, seed=seed)

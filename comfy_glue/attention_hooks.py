@@ -10,7 +10,7 @@ import torch
 
 from . import keys, run_ledger
 from .call_context import AttentionRecord
-from .concepts import _SharedOnCopy
+from .shared_on_copy import SharedOnCopy
 from .errors import MagicFaceInputError
 from .host import host_attention
 from .layers import token_grid
@@ -66,7 +66,7 @@ def _inner(extra):
     return {**extra, keys.INNER_ATTENTION_KEY: True}
 
 
-class SelfAttentionHook(_SharedOnCopy):
+class SelfAttentionHook(SharedOnCopy):
     """attn1 replace: RSA/RBA on injection layers, query/key capture on segmentation layers.
 
     owner: the MagicFacePatch that installed it; previous: the replace it wraps (another node's).

@@ -17,7 +17,7 @@ import torch
 
 from . import run_ledger
 from .batch_rows import stack_elements
-from .concepts import _SharedOnCopy
+from .shared_on_copy import SharedOnCopy
 from ..magicface_attn import semantic_cfg, semantic_cfg_rate
 
 log = logging.getLogger("MagicFace")
@@ -41,7 +41,7 @@ def _rate(run, segmentation, uncond, cond, scale: float):
     return semantic_cfg_rate(uncond, cond, token_regions, fore, scale, run.device_constants).to(cond.dtype)
 
 
-class SemanticGuidanceHook(_SharedOnCopy):
+class SemanticGuidanceHook(SharedOnCopy):
     def __init__(self, patch, previous=None):
         self.patch, self.previous = patch, previous
 
@@ -66,7 +66,7 @@ class SemanticGuidanceHook(_SharedOnCopy):
         return semantic_cfg(uncond, cond, rate, scale)
 
 
-class SemanticGuidanceBackstop(_SharedOnCopy):
+class SemanticGuidanceBackstop(SharedOnCopy):
     """sampler_post_cfg_function; see the module docstring."""
 
     def __init__(self, patch):

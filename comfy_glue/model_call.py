@@ -17,7 +17,7 @@ from . import keys, run_ledger
 from .attention_hooks import prepare_rba_regions
 from .batch_rows import batch_rows, stack_elements, uncond_half_rows
 from .call_context import CallContext
-from .concepts import _SharedOnCopy
+from .shared_on_copy import SharedOnCopy
 from .coupling import can_couple, coupled_inputs
 from .host import base_model_of
 from .layers import layer_hw
@@ -68,7 +68,7 @@ def is_nested(args) -> bool:
     return args["c"].get("transformer_options", {}).get(keys.CALL_CONTEXT_KEY) is not None
 
 
-class ModelCallHook(_SharedOnCopy):
+class ModelCallHook(SharedOnCopy):
     """model_function_wrapper of one MagicFacePatch; previous: the wrapper it wraps, if any."""
 
     def __init__(self, patch, previous=None):

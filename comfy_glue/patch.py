@@ -16,14 +16,14 @@ Hooks installed (all wrap what was there before, never overwrite it):
 """
 from . import keys
 from .attention_hooks import CrossAttentionHook, SelfAttentionHook
-from .concepts import _SharedOnCopy
+from .shared_on_copy import SharedOnCopy
 from .guidance_hook import SemanticGuidanceBackstop, SemanticGuidanceHook
 from .host import add_clone_callback, add_outer_sample_wrapper, get_attention_replace, has_outer_sample_wrapper
 from .model_call import ModelCallHook
 from .run_state import MagicFaceRun
 
 
-class MagicFacePatch(_SharedOnCopy):
+class MagicFacePatch(SharedOnCopy):
     def __init__(self, plan):
         self.plan = plan
         self.self_hooks = {}
@@ -102,7 +102,7 @@ class MagicFacePatch(_SharedOnCopy):
         return self.last_report
 
 
-class CloneSeparator(_SharedOnCopy):
+class CloneSeparator(SharedOnCopy):
     """Clone callback: a clone that holds the very same cross-attention hook as the model it was
     cloned from (hosts whose clone() no longer deep-copies model_options) gets its own copy, so
     an IPAdapter-style node that add()s to the clone's hook leaves the original model alone."""
@@ -118,7 +118,7 @@ class CloneSeparator(_SharedOnCopy):
                 clone.set_model_attn2_replace(hook.detached(), key[0], key[1], key[2])
 
 
-class OuterSampleHook(_SharedOnCopy):
+class OuterSampleHook(SharedOnCopy):
     def __init__(self, patch):
         self.patch = patch
 

@@ -5,11 +5,11 @@ from typing import Optional
 import torch
 
 from . import keys
-from .concepts import _SharedOnCopy
+from .shared_on_copy import SharedOnCopy
 
 
 @dataclass(frozen=True, eq=False)
-class MagicFacePlan(_SharedOnCopy):
+class MagicFacePlan(SharedOnCopy):
     """Inputs of every run of one patched model.
 
     reference_latents: (R, C_lat, h, w) clean reference latents in the model's latent space.

@@ -3,10 +3,10 @@
 A read-only view: the plan (frozen) and the statistics of the current or last run. It holds
 no hook and starts or ends no run, so a preview node can never change what sampling does.
 """
-from .concepts import _SharedOnCopy
+from .shared_on_copy import SharedOnCopy
 
 
-class MagicFaceProbe(_SharedOnCopy):
+class MagicFaceProbe(SharedOnCopy):
     def __init__(self, patch):
         self._patch = patch
 

@@ -10,7 +10,11 @@ import torch
 
 from . import keys
 from .layers import layer_hw
-from ..magicface_attn import mask_to_layer, pack_layout
+from ..magicface_attn import RESIZE_AREA, RESIZE_NEAREST, mask_to_layer, pack_layout
+
+# How each mask mode brings the reference masks to a layer grid: reference mode follows the
+# published code (nearest samples); area mode keeps thin and soft masks.
+LAYER_RESIZE_OF_MASK_MODE = {keys.MASK_MODE_REFERENCE: RESIZE_NEAREST, keys.MASK_MODE_AREA: RESIZE_AREA}
 
 
 class LayerMasks(NamedTuple):
@@ -62,9 +66,9 @@ class ReferenceStore:
         return self._cached(("mask layout", grid, window, device), lambda: self._layer_masks(grid, window, device))
 
     def _layer_masks(self, grid, window, device) -> LayerMasks:
-        mode = "nearest" if self.plan.mask_mode == keys.MASK_MODE_REFERENCE else "area"
         top, left, height, width = window
-        masks = mask_to_layer(self.plan.reference_masks.to(device), height, width, mode=mode)
+        masks = mask_to_layer(self.plan.reference_masks.to(device), height, width,
+                              mode=LAYER_RESIZE_OF_MASK_MODE[self.plan.mask_mode])
         if (height, width) != tuple(grid):
             framed = masks.new_zeros(masks.shape[0], *grid)
             framed[:, top:top + height, left:left + width] = masks.reshape(-1, height, width)

@@ -33,7 +33,8 @@ from .constants import (
 )
 from .auto_mask import WordMask, word_and_start_maps, word_mask
 from .guidance import semantic_cfg, semantic_cfg_rate
-from .masks import LAYER_RESIZE_MODES, feather_mask, grow_mask, mask_to_layer, reference_mode_mask, resize_nearest
+from .masks import (LAYER_RESIZE_MODES, RESIZE_AREA, RESIZE_NEAREST, feather_mask, grow_mask, mask_to_layer,
+                    reference_mode_mask, resize_nearest)
 from .propagation import head_mean_cross_probs, propagate_cross_maps, propagate_with_probs
 from .reference_kv import PackLayout, ReferenceKV, make_reference_kv, pack_layout
 from .segmentation import Segmentation, segment
@@ -43,7 +44,8 @@ from .visualise import point_attention_to_references
 __all__ = [
     "CA_SCALE_FOREGROUND_THRESHOLD", "CA_SCALE_MULTI_CONCEPT", "CA_SCALE_SINGLE_CONCEPT",
     "GAUSSIAN_KERNEL_SIZE", "GAUSSIAN_SIGMA", "IMPLS", "LAYER_RESIZE_MODES", "MAX_GUIDANCE", "NORM_EPS",
-    "RATE_CLAMP", "RATE_EPS", "REFERENCE_CFG", "REFERENCE_INJECT_STEP", "REFERENCE_MASK_ON_VALUE",
+    "RESIZE_AREA", "RESIZE_NEAREST", "RATE_CLAMP", "RATE_EPS", "REFERENCE_CFG", "REFERENCE_INJECT_STEP",
+    "REFERENCE_MASK_ON_VALUE",
     "REFERENCE_MASK_SIZE", "REFERENCE_SEGMENTATION_DOWNSCALE", "REFERENCE_STEPS", "START_TOKEN",
     "PackLayout", "PixelGroups", "ReferenceKV", "Segmentation", "WordMask", "concept_owner", "concept_pixel_groups",
     "feather_mask", "grow_mask", "word_and_start_maps", "word_mask",

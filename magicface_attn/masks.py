@@ -6,7 +6,8 @@ from .constants import REFERENCE_MASK_ON_VALUE, REFERENCE_MASK_SIZE
 from .device_constants import cached_constant
 
 # How a mask is brought to a layer grid (mask_to_layer); the Stage Scheduler's mask_mode picks one.
-LAYER_RESIZE_MODES = ("nearest", "area")
+RESIZE_NEAREST, RESIZE_AREA = "nearest", "area"
+LAYER_RESIZE_MODES = (RESIZE_NEAREST, RESIZE_AREA)
 
 
 def nearest_indices(source: int, target: int, device=None) -> torch.Tensor:
@@ -36,7 +37,7 @@ def reference_mode_mask(mask_uint8: torch.Tensor) -> torch.Tensor:
     return resized.to(torch.float32) >= REFERENCE_MASK_ON_VALUE
 
 
-def mask_to_layer(masks: torch.Tensor, h: int, w: int, mode: str = "nearest", threshold: float = 0.5) -> torch.Tensor:
+def mask_to_layer(masks: torch.Tensor, h: int, w: int, mode: str = RESIZE_NEAREST, threshold: float = 0.5) -> torch.Tensor:
     """(R, Hm, Wm) float/bool masks -> (R, h*w) bool, row-major (y*w + x).
 
     "nearest": the reference rule, pixel (y, x) samples source (floor(y*Hm/h), floor(x*Wm/w));
@@ -50,7 +51,7 @@ def mask_to_layer(masks: torch.Tensor, h: int, w: int, mode: str = "nearest", th
     if masks.dim() != 3:
         raise ValueError(f"expected (R, Hm, Wm) masks, got shape {tuple(masks.shape)}")
     values = masks.to(torch.float32)
-    if mode == "nearest":
+    if mode == RESIZE_NEAREST:
         layer = resize_nearest(values, h, w)
     else:
         layer = F.adaptive_avg_pool2d(values[:, None], (h, w))[:, 0]

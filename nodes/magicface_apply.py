@@ -1,7 +1,8 @@
 """MagicFace Apply: patch a clone of the model so a normal KSampler runs MagicFace."""
 from ..comfy_glue import keys
 from ..comfy_glue.builder import apply_magicface
-from ..comfy_glue.concepts import ConceptList, StageSchedule
+from ..comfy_glue.concepts import ConceptList
+from ..comfy_glue.schedule import StageSchedule
 
 
 class MagicFaceApply:

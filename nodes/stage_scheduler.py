@@ -1,6 +1,6 @@
 """MagicFace Stage Scheduler: when RSA runs, when RBA takes over, where, and how."""
 from ..comfy_glue import keys
-from ..comfy_glue.concepts import StageSchedule
+from ..comfy_glue.schedule import StageSchedule
 from ..comfy_glue.errors import MagicFaceInputError
 from ..comfy_glue.layers import parse_custom_layers
 from .ranges import check_declared_ranges

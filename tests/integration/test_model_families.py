@@ -36,7 +36,7 @@ def _plan_for(model_patcher, context_dim, pooled_dim=None, concepts=2, seed=0, s
         concat=None, size=64)
     named = [glue("concepts").Concept(image=torch.zeros(1, 1, 3), mask=masks[i], words=("a", "b")[i], weight=2.0,
                                       reference_prompt="") for i in range(concepts)]
-    schedule = glue("concepts").StageSchedule(ca_scale=0.6, segmentation_layers=segmentation_set)
+    schedule = glue("schedule").StageSchedule(ca_scale=0.6, segmentation_layers=segmentation_set)
     tokens = [(2 + 3 * i,) for i in range(concepts)]
     return glue("builder").build_plan(model_patcher, named, schedule, references, tokens, seed=seed)
 
