@@ -153,15 +153,15 @@ class SeparatePassOnly:
     patches share the model), to compare it with batch coupling in the same process."""
 
     def __init__(self):
-        self.patch_module = glue("patch")
-        self.saved = self.patch_module.can_couple
+        self.call_module = glue("model_call")
+        self.saved = self.call_module.can_couple
 
     def __enter__(self):
-        self.patch_module.can_couple = lambda *args, **kwargs: None
+        self.call_module.can_couple = lambda *args, **kwargs: None
         return self
 
     def __exit__(self, *exc):
-        self.patch_module.can_couple = self.saved
+        self.call_module.can_couple = self.saved
 
 
 def _run_variant(variant, positive, negative, latent, args, device):

@@ -3,7 +3,7 @@
 Kept in one place so that every hook, test and node agrees on them.
 """
 
-# transformer_options entry holding the per-call MagicFace context (see run_state.CallContext).
+# transformer_options entry holding the per-call MagicFace context (see call_context.CallContext).
 CALL_CONTEXT_KEY = "magicface_call"
 # extra_options entry set when a MagicFace attention hook calls the attention it wraps: a
 # MagicFace hook found further in (another node wrapped it) then only passes through.

@@ -9,7 +9,7 @@ the noise level is within its sigma_start..sigma_end.
 import pytest
 import torch
 
-from .mf import (apply, apply_with_other, assert_stage_counts, concepts_from, injected_calls, pack_module,
+from .mf import (apply, apply_with_other, assert_stage_counts, concepts_from, injected_calls, pack_module, patch_of,
                  run_node, sample, synthetic_concept)
 
 STEPS = 3
@@ -106,7 +106,8 @@ def test_each_clone_holds_its_own_cross_attention_hooks(tiny):
     newer ones), a clone of a patched model and the model itself never share a hook that
     IPAdapter-style nodes add() to; the hooks of a clone of a clone are its own too."""
     model, clip, vae = tiny
-    patched, _, patch = apply(model, clip, vae, _concept(), "a photo of a man")
+    patched, _, _ = apply(model, clip, vae, _concept(), "a photo of a man")
+    patch = patch_of(patched)
     clone = patched.clone()
     grandchild = clone.clone()
     replaces = lambda m: m.model_options["transformer_options"]["patches_replace"]["attn2"]  # noqa: E731
