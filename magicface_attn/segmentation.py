@@ -109,22 +109,13 @@ def segment(layer_maps, out_hw, concept_tokens, ca_scale: float, num_tokens_used
     constants: see device_constants (a per-run cache of the blur kernel, token factors, indices).
     Never synchronises with the device.
     """
-    if not layer_maps:
-        raise ValueError("segment needs at least one layer")
-    rows = layer_maps[0][0].shape[-3]
-    if rows not in (1, 2) or any(maps.dim() not in (3, 4) or maps.shape[-3] != rows for maps, _ in layer_maps):
-        raise ValueError("every layer needs the same 1 (cond) or 2 (uncond, cond) rows")
-    layer_blocks = [(maps if maps.dim() == 4 else maps[None], hw) for maps, hw in layer_maps]
+    layer_blocks, rows = _layer_blocks(layer_maps)
     token_sum, fore_sum = _layer_sums(layer_blocks, out_hw, rows, num_tokens_used, constants)
     count = sum(maps.shape[0] for maps, _ in layer_blocks)
     token_scores = token_sum / count
     tokens = token_scores.shape[0]
     used = tokens if num_tokens_used is None else num_tokens_used
-    if not 0 < used <= tokens:
-        raise ValueError(f"num_tokens_used must be in 1..{tokens}, got {num_tokens_used}")
-    concept_set = sorted({t for group in concept_tokens for t in group})
-    if any(not 0 <= t < used for t in concept_set):
-        raise ValueError(f"concept tokens {concept_set} outside 0..{used - 1}")
+    concept_set = _checked_concept_tokens(concept_tokens, tokens, used, num_tokens_used)
     device = token_scores.device
     factors = cached_constant(constants, ("token factors", tokens, float(ca_scale), tuple(concept_set), device),
                               lambda: _token_factors(tokens, ca_scale, concept_set, device))
@@ -134,22 +125,53 @@ def segment(layer_maps, out_hw, concept_tokens, ca_scale: float, num_tokens_used
     token_regions = token_scores == top
     if used < tokens:
         token_regions[used:].fill_(False)
-    if fore_sum is None:
-        fore_scores = None
-        fore = torch.ones_like(top, dtype=torch.bool)
-    else:
-        fore_scores = fore_sum / count
-        fore = fore_scores[0] != fore_scores.max(dim=0).values
+    fore_scores, fore = _foreground(fore_sum, count, top)
     if float(ca_scale) < CA_SCALE_FOREGROUND_THRESHOLD:
         token_regions &= fore
+    labels, concept_regions = _concept_labels(token_regions, concept_tokens, top, constants)
+    return Segmentation(token_scores, token_regions, fore_scores, fore, concept_regions, labels)
 
+
+def _layer_blocks(layer_maps):
+    """([(maps (L, rows, h*w, T), hw)], rows) of segment's layer_maps, checked."""
+    if not layer_maps:
+        raise ValueError("segment needs at least one layer")
+    rows = layer_maps[0][0].shape[-3]
+    if rows not in (1, 2) or any(maps.dim() not in (3, 4) or maps.shape[-3] != rows for maps, _ in layer_maps):
+        raise ValueError("every layer needs the same 1 (cond) or 2 (uncond, cond) rows")
+    return [(maps if maps.dim() == 4 else maps[None], hw) for maps, hw in layer_maps], rows
+
+
+def _checked_concept_tokens(concept_tokens, tokens: int, used: int, num_tokens_used) -> list:
+    """The sorted set of every concept token, after checking them and num_tokens_used."""
+    if not 0 < used <= tokens:
+        raise ValueError(f"num_tokens_used must be in 1..{tokens}, got {num_tokens_used}")
+    concept_set = sorted({t for group in concept_tokens for t in group})
+    if any(not 0 <= t < used for t in concept_set):
+        raise ValueError(f"concept tokens {concept_set} outside 0..{used - 1}")
+    return concept_set
+
+
+def _foreground(fore_sum, count: int, top):
+    """(fore_scores (2, H, W) [start token, other tokens] of the uncond row, or None; fore (H, W)
+    bool): foreground where the other tokens outscore the start token; without an uncond row
+    every pixel is."""
+    if fore_sum is None:
+        return None, torch.ones_like(top, dtype=torch.bool)
+    fore_scores = fore_sum / count
+    return fore_scores, fore_scores[0] != fore_scores.max(dim=0).values
+
+
+def _concept_labels(token_regions, concept_tokens, top, constants):
+    """(labels (H, W) long, -1 where no concept wins; concept_regions (R, H, W) bool): a concept
+    wins a pixel where any of its tokens has the top score, later concepts over earlier ones."""
     labels = torch.full(top.shape, -1, dtype=torch.long, device=top.device)
     for index, group in enumerate(concept_tokens):
         won = token_regions[group[0]]
         if len(group) > 1:
             won = torch.stack([token_regions[token] for token in group]).any(dim=0)
         labels = torch.where(won, index, labels)
+    device = top.device
     concept_indices = cached_constant(constants, ("concept indices", len(concept_tokens), device),
                                       lambda: torch.arange(len(concept_tokens), device=device)[:, None, None])
-    concept_regions = labels[None] == concept_indices
-    return Segmentation(token_scores, token_regions, fore_scores, fore, concept_regions, labels)
+    return labels, labels[None] == concept_indices
