@@ -1,4 +1,5 @@
 """The repository passes its linter (ruff, configured in pyproject.toml)."""
+import ast
 import shutil
 import subprocess
 import sys
@@ -15,3 +16,23 @@ def test_ruff_finds_nothing():
         pytest.fail("ruff is not installed: it comes with requirements-test.txt (scripts/setup_host.sh)")
     done = subprocess.run([ruff, "check", "--no-cache", str(REPO_ROOT)], cwd=REPO_ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+# Functions are short enough to read at once. INPUT_TYPES is a node's widget declaration (one
+# dict literal), not logic, so it may run longer.
+MAX_FUNCTION_LINES = 40
+LENGTH_CHECKED = ("comfy_glue", "magicface_attn", "nodes")
+
+
+def _long_functions(folder: Path):
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name != "INPUT_TYPES":
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    yield f"{path.relative_to(REPO_ROOT)}:{node.lineno} {node.name} ({lines} lines)"
+
+
+@pytest.mark.parametrize("folder", LENGTH_CHECKED)
+def test_no_function_is_longer_than_a_screen(folder):
+    assert list(_long_functions(REPO_ROOT / folder)) == []
