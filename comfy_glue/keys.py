@@ -15,12 +15,17 @@ CONCEPTS_TYPE = "MAGICFACE_CONCEPTS"
 SCHEDULE_TYPE = "MAGICFACE_SCHEDULE"
 PROBE_TYPE = "MAGICFACE_PROBE"
 
+# The two stages of sampling: RSA (reference-aware self-attention) before the Stage Scheduler's
+# switch, RBA (region-grouped blend attention) after it.
 STAGE_RSA = "rsa"
 STAGE_RBA = "rba"
 
+# What a model call is to the attention hooks: the image being sampled, or the references' own
+# pass whose keys and values are captured.
 MODE_TARGET = "target"
 MODE_CAPTURE = "capture"
 
+# Which self-attention layers get RSA/RBA: the published code's, every decoder layer, or a list.
 LAYER_PRESET_PAPER = "paper"
 LAYER_PRESET_ALL_DECODER = "all decoder"
 LAYER_PRESET_CUSTOM = "custom"
@@ -63,6 +68,8 @@ MASK_SOURCE_ATTENTION = "attention"
 MASK_SOURCE_WHOLE = "whole image"
 MASK_SOURCES = (MASK_SOURCE_AUTO, MASK_SOURCE_ATTENTION, MASK_SOURCE_WHOLE)
 
+# How the reference masks are made: "area" fits them with the picture into the square frame and
+# keeps soft and thin masks at every layer; "reference" follows the published code's rules.
 MASK_MODE_AREA = "area"
 MASK_MODE_REFERENCE = "reference"
 MASK_MODES = (MASK_MODE_AREA, MASK_MODE_REFERENCE)
