@@ -125,10 +125,16 @@ def instrumented(timer: PartTimer):
             setattr(owner, name, original)
 
 
-# Frames of these pack folders own an op; the per-call pipeline (model_call.py) only calls the
-# UNet, so the UNet's ops under it count as the host's.
+# Frames of these pack folders own an op, except the wrappers that only call the host: the
+# per-call pipeline (model_call.py) and the run's wrapper around sampling (patch.py's __call__);
+# the UNet's and the sampler's ops under them count as the host's.
 _PACK_FOLDERS = tuple(f"{os.sep}{name}{os.sep}" for name in ("comfy_glue", "magicface_attn"))
 _PIPELINE = f"{os.sep}comfy_glue{os.sep}model_call.py"
+_RUN_WRAPPER = (f"{os.sep}comfy_glue{os.sep}patch.py", "__call__")
+
+
+def _passes_through(path: str, name: str) -> bool:
+    return path.endswith(_PIPELINE) or (path.endswith(_RUN_WRAPPER[0]) and name == _RUN_WRAPPER[1])
 
 
 def _pack_caller() -> str:
@@ -137,7 +143,7 @@ def _pack_caller() -> str:
     while frame is not None:
         path, name = frame.f_code.co_filename, frame.f_code.co_name
         folder = next((f for f in _PACK_FOLDERS if f in path), None)
-        if folder is not None and not path.endswith(_PIPELINE):
+        if folder is not None and not _passes_through(path, name):
             return f"{folder.strip(os.sep)}/{path.rsplit(os.sep, 1)[-1]}:{name}"
         frame = frame.f_back
     return "host"
