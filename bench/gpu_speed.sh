@@ -7,7 +7,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${MAGICFACE_BENCH_OUT:-$repo/bench/results}
 mkdir -p "$out"
 python -P "$repo/bench/bench_pipeline.py" --device cuda --models sd15 --concepts 1,3 --gpu-busy \
-    --no-breakdown --out "$out/sd15_launches.md"
+    --no-breakdown --ops-by-function --out "$out/sd15_launches.md"
 python -P "$repo/bench/bench_pipeline.py" --device cuda --models sdxl --concepts 2 --presets --gpu-busy \
     --no-breakdown --out "$out/sdxl_presets.md"
 cat "$out"/sd15_launches.md "$out"/sdxl_presets.md
