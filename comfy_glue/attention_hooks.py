@@ -10,10 +10,10 @@ import torch
 
 from . import keys, run_ledger
 from .call_context import AttentionRecord
-from .shared_on_copy import SharedOnCopy
 from .errors import MagicFaceInputError
 from .host import host_attention
 from .layers import token_grid
+from .shared_on_copy import SharedOnCopy
 from ..magicface_attn import (concept_owner, make_reference_kv, pixel_groups_of_grids, rba_attention, resize_nearest,
                               rsa_attention)
 

@@ -17,11 +17,11 @@ from . import keys, run_ledger
 from .attention_hooks import prepare_rba_regions
 from .batch_rows import batch_rows, stack_elements, uncond_half_rows
 from .call_context import CallContext
-from .shared_on_copy import SharedOnCopy
 from .coupling import can_couple, coupled_inputs
 from .host import base_model_of
 from .layers import layer_hw
 from .reference_pass import ReferenceInputs, run_reference_pass
+from .shared_on_copy import SharedOnCopy
 
 PLAIN, UNCOND_HALF, TARGET = "plain", "uncond half", "target"
 

@@ -16,11 +16,11 @@ Hooks installed (all wrap what was there before, never overwrite it):
 """
 from . import keys
 from .attention_hooks import CrossAttentionHook, SelfAttentionHook
-from .shared_on_copy import SharedOnCopy
 from .guidance_hook import SemanticGuidanceBackstop, SemanticGuidanceHook
 from .host import add_clone_callback, add_outer_sample_wrapper, get_attention_replace, has_outer_sample_wrapper
 from .model_call import ModelCallHook
 from .run_state import MagicFaceRun
+from .shared_on_copy import SharedOnCopy
 
 
 class MagicFacePatch(SharedOnCopy):
