@@ -135,7 +135,7 @@ class ModelCallHook(SharedOnCopy):
             # each call means an interrupt between steps leaves nothing large behind. The approximate
             # mode keeps them for the next steps; the run's end releases them.
             if run.plan.reference_every == 1:
-                run.release_references()
+                run.references.clear()
 
     @staticmethod
     def _reference_inputs(run, apply_model, call) -> ReferenceInputs:

@@ -7,8 +7,7 @@ import torch
 
 from . import keys
 from .noise_levels import same_sigma
-
-KEPT_LEVELS = 3  # only the current and the previous step are ever asked about
+from .segmentation_history import KEPT_SEGMENTATIONS
 
 
 class OwnCalls:
@@ -23,7 +22,7 @@ class OwnCalls:
     def note(self, sigma: float, cond_or_uncond, context, chunk: int):
         """After a call that made this noise level's segmentation: its rows, and its positive
         prompt (a view of the call's context, kept until the next own call)."""
-        self._rows = [(s, rows) for s, rows in self._rows[-KEPT_LEVELS:]
+        self._rows = [(s, rows) for s, rows in self._rows[-KEPT_SEGMENTATIONS:]
                       if not same_sigma(s, sigma)] + [(sigma, tuple(cond_or_uncond))]
         self._positive_context = context[cond_or_uncond.index(keys.COND_FLAG) * chunk]
 

@@ -127,9 +127,6 @@ class MagicFaceRun:
         }
 
     # --- release ----------------------------------------------------------------------------
-    def release_references(self):
-        self.references.clear()
-
     def release(self):
         self.references.clear()
         self.segmentation.clear()

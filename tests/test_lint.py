@@ -1,5 +1,6 @@
 """The repository passes its linter (ruff, configured in pyproject.toml)."""
 import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -36,3 +37,15 @@ def _long_functions(folder: Path):
 @pytest.mark.parametrize("folder", LENGTH_CHECKED)
 def test_no_function_is_longer_than_a_screen(folder):
     assert list(_long_functions(REPO_ROOT / folder)) == []
+
+
+# The run only stores: its own methods and parts change it, no other glue module assigns to it.
+RUN_ASSIGNMENT = re.compile(r"\brun\.[a-z_]+ *=(?!=)")
+
+
+def test_only_the_run_assigns_its_attributes():
+    found = [f"{path.name}:{number}: {line.strip()}"
+             for path in sorted((REPO_ROOT / "comfy_glue").glob("*.py")) if path.name != "run_state.py"
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if RUN_ASSIGNMENT.search(line)]
+    assert found == []
