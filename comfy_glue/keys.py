@@ -1,6 +1,8 @@
 """Named keys that MagicFace uses inside ComfyUI's option dictionaries.
 
-Kept in one place so that every hook, test and node agrees on them.
+Kept in one place so that every hook, test and node agrees on them. Each vocabulary of a node
+input is one statement that gives the tuple its combo lists and names every value in it, so the
+names and the list cannot drift apart.
 """
 
 # transformer_options entry holding the per-call MagicFace context (see call_context.CallContext).
@@ -26,25 +28,23 @@ MODE_TARGET = "target"
 MODE_CAPTURE = "capture"
 
 # Which self-attention layers get RSA/RBA: the published code's, every decoder layer, or a list.
-LAYER_PRESET_PAPER = "paper"
-LAYER_PRESET_ALL_DECODER = "all decoder"
-LAYER_PRESET_CUSTOM = "custom"
-LAYER_PRESETS = (LAYER_PRESET_PAPER, LAYER_PRESET_ALL_DECODER, LAYER_PRESET_CUSTOM)
+LAYER_PRESETS = (LAYER_PRESET_PAPER, LAYER_PRESET_ALL_DECODER, LAYER_PRESET_CUSTOM) = (
+    "paper", "all decoder", "custom",
+)
 
 # Which cross-attention layers feed the segmentation. "all layers" is the reference code's set;
 # "one per block" reads only the first transformer of each UNet block (SDXL: 6 of its 60 layers,
 # SD1.x/SD2.x: the same set, their blocks hold one transformer each).
-SEGMENTATION_ALL_LAYERS = "all layers"
-SEGMENTATION_ONE_PER_BLOCK = "one per block"
-SEGMENTATION_LAYER_SETS = (SEGMENTATION_ALL_LAYERS, SEGMENTATION_ONE_PER_BLOCK)
+SEGMENTATION_LAYER_SETS = (SEGMENTATION_ALL_LAYERS, SEGMENTATION_ONE_PER_BLOCK) = (
+    "all layers", "one per block",
+)
 
 # The Stage Scheduler's speed presets: each sets the two approximate levers below unless the
 # user sets them (reference_every 0 and segmentation_layers "from speed" follow the preset).
 # Chosen by measurement: docs/performance.md, "Speed presets".
-SPEED_EXACT = "exact"
-SPEED_BALANCED = "balanced"
-SPEED_FAST = "fast"
-SPEED_PRESETS = (SPEED_EXACT, SPEED_BALANCED, SPEED_FAST)
+SPEED_PRESETS = (SPEED_EXACT, SPEED_BALANCED, SPEED_FAST) = (
+    "exact", "balanced", "fast",
+)
 REFERENCE_EVERY_FROM_SPEED = 0
 SEGMENTATION_FROM_SPEED = "from speed"
 SPEED_LEVERS = {  # preset -> (reference_every, segmentation layer set)
@@ -56,23 +56,22 @@ SPEED_LEVERS = {  # preset -> (reference_every, segmentation layer set)
 # Where the references' per-step noise comes from. "per noise level": a generator seeded by the
 # seed and the noise level, whatever the sampler. "published script": the published MagicFace
 # script's stream (see reference_pass.PublishedNoiseStream).
-REFERENCE_NOISE_PER_LEVEL = "per noise level"
-REFERENCE_NOISE_PUBLISHED = "published script"
-REFERENCE_NOISE_SOURCES = (REFERENCE_NOISE_PER_LEVEL, REFERENCE_NOISE_PUBLISHED)
+REFERENCE_NOISE_SOURCES = (REFERENCE_NOISE_PER_LEVEL, REFERENCE_NOISE_PUBLISHED) = (
+    "per noise level", "published script",
+)
 
 # Where a concept's mask comes from (Concept Loader / Concept From Folder). "auto": the connected
 # mask, or without one the estimate from the reference's own attention (auto_mask.py);
 # "attention": always the estimate; "whole image": no mask.
-MASK_SOURCE_AUTO = "auto"
-MASK_SOURCE_ATTENTION = "attention"
-MASK_SOURCE_WHOLE = "whole image"
-MASK_SOURCES = (MASK_SOURCE_AUTO, MASK_SOURCE_ATTENTION, MASK_SOURCE_WHOLE)
+MASK_SOURCES = (MASK_SOURCE_AUTO, MASK_SOURCE_ATTENTION, MASK_SOURCE_WHOLE) = (
+    "auto", "attention", "whole image",
+)
 
 # How the reference masks are made: "area" fits them with the picture into the square frame and
 # keeps soft and thin masks at every layer; "reference" follows the published code's rules.
-MASK_MODE_AREA = "area"
-MASK_MODE_REFERENCE = "reference"
-MASK_MODES = (MASK_MODE_AREA, MASK_MODE_REFERENCE)
+MASK_MODES = (MASK_MODE_AREA, MASK_MODE_REFERENCE) = (
+    "area", "reference",
+)
 
 # ComfyUI batches cond rows with flag 0 and uncond rows with flag 1 in cond_or_uncond.
 COND_FLAG = 0
