@@ -43,6 +43,20 @@ SEED = 7
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_run_options(parser)
+    _add_mode_options(parser)
+    _add_measure_options(parser)
+    args = parser.parse_args(argv)
+    args.steps = args.steps or (4 if args.tiny else 20)
+    args.repeats = args.repeats or (1 if args.tiny else 3)
+    concepts = args.concepts or ("1,3" if args.tiny else "1,2,3,4")
+    args.model_names = [m.strip() for m in args.models.split(",") if m.strip()]
+    read_sizes_and_counts(parser, args, concepts)
+    return args
+
+
+def _add_run_options(parser):
+    """What is sampled: device, models, sizes, concepts, steps."""
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--models", default="sd15,sdxl", help="comma list of sd15, sdxl")
     parser.add_argument("--tiny", action="store_true", help="small UNets at a 128x128 image, for CPU smoke runs")
@@ -50,8 +64,20 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default 20, --tiny 4)")
     parser.add_argument("--cfg", type=float, default=7.0)
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per variant (default 3, --tiny 1)")
-    parser.add_argument("--no-breakdown", action="store_true", help="skip the synchronised per-part run")
-    parser.add_argument("--no-coupling", action="store_true", help="skip the batch-coupling measurement")
+    parser.add_argument("--image-size", type=int, default=0,
+                        help="square image size in pixels (default: SD1.5 512, SDXL 1024, --tiny 128); e.g. "
+                             "256 runs the full-size UNets on a CPU in minutes")
+    parser.add_argument("--reference-size", type=int, default=0,
+                        help="square size in pixels of the references (MagicFace Apply's reference_size; "
+                             "default: the image size). Smaller ones are letterboxed into the target's call, "
+                             "or with --separate take their own, cheaper pass")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU intra-op threads (default 1: on a shared, loaded CPU more threads wait on "
+                             "each other at every op and timings explode)")
+
+
+def _add_mode_options(parser):
+    """MagicFace variants timed beside exact mode, each with its difference from exact."""
     parser.add_argument("--separate", action="store_true",
                         help="also time the largest R with the separate reference pass instead of batch coupling")
     parser.add_argument("--reference-every", default="",
@@ -64,16 +90,12 @@ def parse_args(argv=None):
     parser.add_argument("--presets", action="store_true",
                         help="also time the largest R with each Stage Scheduler speed preset (balanced, fast), "
                              "and report its deviation from exact")
-    parser.add_argument("--image-size", type=int, default=0,
-                        help="square image size in pixels (default: SD1.5 512, SDXL 1024, --tiny 128); e.g. "
-                             "256 runs the full-size UNets on a CPU in minutes")
-    parser.add_argument("--reference-size", type=int, default=0,
-                        help="square size in pixels of the references (MagicFace Apply's reference_size; "
-                             "default: the image size). Smaller ones are letterboxed into the target's call, "
-                             "or with --separate take their own, cheaper pass")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU intra-op threads (default 1: on a shared, loaded CPU more threads wait on "
-                             "each other at every op and timings explode)")
+
+
+def _add_measure_options(parser):
+    """What is measured besides the timed runs, and where the report goes."""
+    parser.add_argument("--no-breakdown", action="store_true", help="skip the synchronised per-part run")
+    parser.add_argument("--no-coupling", action="store_true", help="skip the batch-coupling measurement")
     parser.add_argument("--ops-by-function", action="store_true",
                         help="also count the largest R's extra kernel ops per step by the pack function issuing them")
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
@@ -81,13 +103,6 @@ def parse_args(argv=None):
                         help="CUDA: one more profiled run of plain and of the largest R for the GPU busy share (torch.profiler)")
     parser.add_argument("--profile-dir", type=Path,
                         help="with --gpu-busy: write the plain and largest-R operator tables into this folder")
-    args = parser.parse_args(argv)
-    args.steps = args.steps or (4 if args.tiny else 20)
-    args.repeats = args.repeats or (1 if args.tiny else 3)
-    concepts = args.concepts or ("1,3" if args.tiny else "1,2,3,4")
-    args.model_names = [m.strip() for m in args.models.split(",") if m.strip()]
-    read_sizes_and_counts(parser, args, concepts)
-    return args
 
 
 def read_sizes_and_counts(parser, args, concepts: str):
@@ -178,13 +193,31 @@ def bench_model(name, args, device, dtype):
     base = build_model_patcher(spec, device, dtype)
     positive, negative = conditioning(spec, SEED)
     latent = torch.zeros(1, 4, *spec.latent_hw)
+    variants = build_variants(base, spec, args)
+
+    def runner(variant):
+        return lambda: _run_variant(variant, positive, negative, latent, args, device)
+
+    time_variants(variants, runner, args, device)
+    if not args.no_breakdown:
+        for variant in variants[1:]:
+            timer = PartTimer(device)
+            with instrumented(timer):
+                timer.total, _ = runner(variant)()
+            variant.parts = timer
+    count_launches(variants, runner, spec, args, device)
+    coupling = None if args.no_coupling else measure_coupling(base, spec, args, device, positive)
+    return spec, variants, coupling
+
+
+def build_variants(base, spec, args) -> list:
+    """Plain, then MagicFace at each R, then the largest R in each mode the options ask for."""
     def patched(count, every=1, lean=False):
         return patched_model(base, make_plan(base, spec, count, seed=SEED, reference_every=every,
                                              reference_size=args.reference_size, lean_segmentation=lean))
 
     variants = [Variant("plain", base)]
-    for count in args.concept_counts:
-        variants.append(Variant(f"R={count}", *patched(count), count))
+    variants += [Variant(f"R={count}", *patched(count), count) for count in args.concept_counts]
     largest = args.concept_counts[-1]
     if args.separate:
         variants.append(Variant(f"R={largest}, separate pass", *patched(largest), largest, separate=True))
@@ -196,7 +229,6 @@ def bench_model(name, args, device, dtype):
             references = f"references every {every} steps, " if every > 1 else ""
             variants.append(Variant(f"R={largest}, {references}segmentation one per block",
                                     *patched(largest, every, lean=True), largest, reference_every=every, lean=True))
-
     if args.presets:
         keys = glue("keys")
         for speed in keys.SPEED_PRESETS[1:]:
@@ -204,40 +236,42 @@ def bench_model(name, args, device, dtype):
             lean = layer_set == keys.SEGMENTATION_ONE_PER_BLOCK
             variants.append(Variant(f"R={largest}, speed {speed}", *patched(largest, every, lean=lean), largest,
                                     reference_every=every, lean=lean))
+    return variants
 
-    for variant in variants:  # warm-up (kernel choice, allocator) and the result for the checks
-        _, variant.result = _run_variant(variant, positive, negative, latent, args, device)
+
+def time_variants(variants, runner, args, device):
+    """One warm-up run each (kernel choice, allocator; its result feeds the checks), then
+    args.repeats timed runs interleaved across variants, so load changes hit every one alike."""
+    for variant in variants:
+        _, variant.result = runner(variant)()
         variant.report = variant.patch.report() if variant.patch else None
-    for repeat in range(args.repeats):  # interleaved, so load changes hit every variant alike
+    for repeat in range(args.repeats):
         for variant in variants:
-            run = lambda: _run_variant(variant, positive, negative, latent, args, device)  # noqa: E731
             if repeat == args.repeats - 1:  # the peak read only adds syncs before and after the run
-                variant.peak_mib, (seconds, _) = peak_memory_mib(run, device)
+                variant.peak_mib, (seconds, _) = peak_memory_mib(runner(variant), device)
             else:
-                seconds, _ = run()
+                seconds, _ = runner(variant)()
             variant.times.append(seconds)
-    if not args.no_breakdown:
-        for variant in variants[1:]:
-            timer = PartTimer(device)
-            with instrumented(timer):
-                timer.total, _ = _run_variant(variant, positive, negative, latent, args, device)
-            variant.parts = timer
+
+
+def count_launches(variants, runner, spec, args, device):
+    """Kernel ops per step of every variant; for plain and the largest coupled R also the split
+    by function, and on CUDA the host syncs and (profiled, several times a plain run) GPU busy time."""
     for index, variant in enumerate(variants):
-        run = lambda: _run_variant(variant, positive, negative, latent, args, device)  # noqa: E731
+        run = runner(variant)
         variant.kernel_ops = count_kernel_ops(run) / args.steps
-        if args.ops_by_function and index in (0, len(args.concept_counts)):  # plain and the largest coupled R
+        counted = index in (0, len(args.concept_counts))
+        if args.ops_by_function and counted:
             variant.ops_by_function = kernel_ops_by_function(run)
-        if device.type == "cuda":
-            variant.syncs = count_host_syncs(run)
-            # Profiled runs take several times a plain one: plain and the largest coupled R only.
-            if args.gpu_busy and index in (0, len(args.concept_counts)):
-                table = None
-                if args.profile_dir:
-                    args.profile_dir.mkdir(parents=True, exist_ok=True)
-                    table = args.profile_dir / f"profile_{spec.family}_{variant.label.replace('=', '')}.txt"
-                variant.busy_s = device_busy_seconds(run, device, table)
-    coupling = None if args.no_coupling else measure_coupling(base, spec, args, device, positive)
-    return spec, variants, coupling
+        if device.type != "cuda":
+            continue
+        variant.syncs = count_host_syncs(run)
+        if args.gpu_busy and counted:
+            table = None
+            if args.profile_dir:
+                args.profile_dir.mkdir(parents=True, exist_ok=True)
+                table = args.profile_dir / f"profile_{spec.family}_{variant.label.replace('=', '')}.txt"
+            variant.busy_s = device_busy_seconds(run, device, table)
 
 
 def count_host_syncs(fn) -> int:

@@ -35,16 +35,7 @@ def _label_change(variant, exact) -> str:
 
 
 def render(results, args, device, dtype):
-    lines = [
-        f"## MagicFace pipeline benchmark ({'tiny' if args.tiny else 'full-size'} UNets)",
-        "",
-        f"- device: {_device_name(device)}; dtype: {str(dtype).replace('torch.', '')}; torch {torch.__version__}",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-        f"- {args.steps} steps {SAMPLER}/{SCHEDULER}, cfg {args.cfg}, RSA until 42 % of the schedule then RBA, "
-        f"semantic CFG on, 'paper' layers; {args.repeats} interleaved timed runs per variant, medians",
-        f"- references: {f'{args.reference_size}x{args.reference_size}' if args.reference_size else 'the image size'}",
-        "",
-    ]
+    lines = _header_lines(args, device, dtype)
     for spec, variants, coupling in results:
         plain = variants[0]
         plain_s = statistics.median(plain.times)
@@ -53,35 +44,54 @@ def render(results, args, device, dtype):
                   "| kernel ops per step | per-run ratios |" + (" GPU busy |" if args.gpu_busy else ""),
                   "|---|---|---|---|---|---|---|---|" + ("---|" if args.gpu_busy else "")]
         coupled = {v.concepts: v for v in variants[1:] if v.exact}
-        for variant in variants:
-            ratios = run_ratios(variant, plain)
-            ratio = statistics.median(ratios)
-            extra = variant.peak_mib - plain.peak_mib if variant is not plain else 0.0
-            diff = ""
-            if variant is not plain and not variant.exact:
-                reference = coupled[variant.concepts].result
-                delta = variant.result - reference
-                diff = (f"{delta.abs().max().item():.3g} (rel. L2 {(delta.norm() / reference.norm()).item():.2g}"
-                        f"{_label_change(variant, coupled[variant.concepts])})")
-            syncs = "" if variant.syncs is None else str(variant.syncs)
-            spread = "" if variant is plain else f"{min(ratios):.2f}-{max(ratios):.2f}"
-            median_s = statistics.median(variant.times)
-            busy = ""
-            if args.gpu_busy:
-                busy = " |" if variant.busy_s is None else f" {100 * variant.busy_s / median_s:.0f} % |"
-            lines.append(f"| {variant.label} | {median_s:.3f} | {ratio:.3f}x "
-                         f"| {extra:.0f} | {diff} | {syncs} | {variant.kernel_ops:.0f} | {spread} |{busy}")
-        coupled_list = list(coupled.values())
-        if len(coupled_list) >= 2:
-            xs = [v.concepts for v in coupled_list]
-            ys = [median_ratio(v, plain) for v in coupled_list]
-            slope = _slope(xs, ys)
-            lines += ["", f"Slope of time vs R: {slope:.3f}x plain per extra concept "
-                          f"({slope * plain_s:.3f} s per concept per image)."]
-        lines += _kernel_time_lines(variants)
+        lines += [_variant_row(variant, plain, coupled, args.gpu_busy) for variant in variants]
+        lines += _slope_lines(list(coupled.values()), plain, plain_s) + _kernel_time_lines(variants)
         lines += _breakdown_lines(variants, plain_s) + _ops_lines(variants, args.steps) + _coupling_lines(coupling)
         lines += _stage_lines(variants) + [""]
     return "\n".join(lines)
+
+
+def _header_lines(args, device, dtype):
+    references = f"{args.reference_size}x{args.reference_size}" if args.reference_size else "the image size"
+    return [
+        f"## MagicFace pipeline benchmark ({'tiny' if args.tiny else 'full-size'} UNets)",
+        "",
+        f"- device: {_device_name(device)}; dtype: {str(dtype).replace('torch.', '')}; torch {torch.__version__}",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+        f"- {args.steps} steps {SAMPLER}/{SCHEDULER}, cfg {args.cfg}, RSA until 42 % of the schedule then RBA, "
+        f"semantic CFG on, 'paper' layers; {args.repeats} interleaved timed runs per variant, medians",
+        f"- references: {references}",
+        "",
+    ]
+
+
+def _difference_from_exact(variant, exact) -> str:
+    """Max abs and relative L2 difference of the final latent from the exact run of the same R."""
+    delta = variant.result - exact.result
+    return (f"{delta.abs().max().item():.3g} (rel. L2 {(delta.norm() / exact.result.norm()).item():.2g}"
+            f"{_label_change(variant, exact)})")
+
+
+def _variant_row(variant, plain, coupled, gpu_busy: bool) -> str:
+    ratios = run_ratios(variant, plain)
+    extra = variant.peak_mib - plain.peak_mib if variant is not plain else 0.0
+    diff = "" if variant is plain or variant.exact else _difference_from_exact(variant, coupled[variant.concepts])
+    syncs = "" if variant.syncs is None else str(variant.syncs)
+    spread = "" if variant is plain else f"{min(ratios):.2f}-{max(ratios):.2f}"
+    median_s = statistics.median(variant.times)
+    busy = ""
+    if gpu_busy:
+        busy = " |" if variant.busy_s is None else f" {100 * variant.busy_s / median_s:.0f} % |"
+    return (f"| {variant.label} | {median_s:.3f} | {statistics.median(ratios):.3f}x "
+            f"| {extra:.0f} | {diff} | {syncs} | {variant.kernel_ops:.0f} | {spread} |{busy}")
+
+
+def _slope_lines(coupled, plain, plain_s):
+    if len(coupled) < 2:
+        return []
+    slope = _slope([v.concepts for v in coupled], [median_ratio(v, plain) for v in coupled])
+    return ["", f"Slope of time vs R: {slope:.3f}x plain per extra concept "
+                f"({slope * plain_s:.3f} s per concept per image)."]
 
 
 def _kernel_time_lines(variants):

@@ -19,9 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the harness package, not the pack root
 
 
-def main() -> int:
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workflow", type=Path, help="API-format workflow JSON (default: built-in txt2img)")
+    parser.add_argument("--workflow", type=Path, help="API-format workflow JSON (default: the three-concept demo)")
     parser.add_argument("--out", type=Path, default=REPO / "demo_output", help="work/output directory")
     parser.add_argument("--input-dir", type=Path, help="ComfyUI input directory (images for LoadImage)")
     parser.add_argument("--txt2img", action="store_true", help="run the plain built-in txt2img graph")
@@ -29,9 +29,27 @@ def main() -> int:
                         help="the MagicFace example data (staged into the input dir for the default demo)")
     parser.add_argument("--size", type=int, default=256, help="image size of the built-in graph")
     parser.add_argument("--steps", type=int, default=4)
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    from harness import InProcessRunner, bootstrap_in_process, load_workflow, txt2img
+
+def demo_prompt(args, host, ckpt):
+    """The API prompt to run: the given workflow, else the three-concept demo, else txt2img."""
+    from harness import load_workflow, txt2img
+    if args.workflow:
+        return load_workflow(args.workflow, ckpt.name)
+    if not args.txt2img and args.examples.is_dir():
+        from ui.ui_support import api_workflow, stage_inputs, tiny_names
+        stage_inputs(host.input_dir, args.examples)
+        print("demo: three concepts (man, hat, sunglasses) from", args.examples)
+        return api_workflow("MagicFace three concepts", tiny_names(host.models_dir))
+    if not args.txt2img:
+        print(f"demo: {args.examples} not found, running the plain txt2img graph", file=sys.stderr)
+    return txt2img(ckpt.name, width=args.size, height=args.size, steps=args.steps, prefix="magicface_demo")
+
+
+def main() -> int:
+    args = parse_args()
+    from harness import InProcessRunner, bootstrap_in_process
     from harness.host import describe_host
     from harness.tiny_models import write_all
 
@@ -41,18 +59,7 @@ def main() -> int:
         print("warning: ComfyUI could not import the pack (see log above)", file=sys.stderr)
     print(f"host: {describe_host(host.root)}")
     ckpt = write_all(host.models_dir)["checkpoint"]  # reused on later runs
-    if args.workflow:
-        prompt = load_workflow(args.workflow, ckpt.name)
-    elif not args.txt2img and args.examples.is_dir():
-        from ui.ui_support import api_workflow, stage_inputs, tiny_names
-        stage_inputs(host.input_dir, args.examples)
-        prompt = api_workflow("MagicFace three concepts", tiny_names(host.models_dir))
-        print("demo: three concepts (man, hat, sunglasses) from", args.examples)
-    else:
-        if not args.txt2img:
-            print(f"demo: {args.examples} not found, running the plain txt2img graph", file=sys.stderr)
-        prompt = txt2img(ckpt.name, width=args.size, height=args.size, steps=args.steps, prefix="magicface_demo")
-    result = InProcessRunner(host).run(prompt)
+    result = InProcessRunner(host).run(demo_prompt(args, host, ckpt))
     if not result.ok:
         print(f"workflow failed: {result.error}\nnode errors: {result.node_errors}", file=sys.stderr)
         return 1

@@ -19,14 +19,15 @@ def test_ruff_finds_nothing():
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
 
 
-# Functions are short enough to read at once. INPUT_TYPES is a node's widget declaration (one
-# dict literal), not logic, so it may run longer.
+# Functions are short enough to read at once, files short enough to hold one idea. INPUT_TYPES
+# is a node's widget declaration (one dict literal), not logic, so it may run longer.
 MAX_FUNCTION_LINES = 40
-LENGTH_CHECKED = ("comfy_glue", "magicface_attn", "nodes")
+MAX_FILE_LINES = 400
+LENGTH_CHECKED = ("comfy_glue", "magicface_attn", "nodes", "bench", "scripts", "tests", "web")
 
 
 def _long_functions(folder: Path):
-    for path in sorted(folder.glob("*.py")):
+    for path in sorted(folder.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name != "INPUT_TYPES":
                 lines = node.end_lineno - node.lineno + 1
@@ -37,6 +38,14 @@ def _long_functions(folder: Path):
 @pytest.mark.parametrize("folder", LENGTH_CHECKED)
 def test_no_function_is_longer_than_a_screen(folder):
     assert list(_long_functions(REPO_ROOT / folder)) == []
+
+
+@pytest.mark.parametrize("folder", LENGTH_CHECKED)
+def test_no_file_is_longer_than_one_idea(folder):
+    sources = [path for path in sorted((REPO_ROOT / folder).rglob("*")) if path.suffix in (".py", ".js")]
+    long_files = [f"{path.relative_to(REPO_ROOT)} ({lines} lines)" for path in sources
+                  if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_FILE_LINES]
+    assert sources and long_files == []
 
 
 # The run only stores: its own methods and parts change it, no other glue module assigns to it.

@@ -128,6 +128,20 @@ def bootstrap_in_process(work_dir: Path, models_dir: Path, input_dir: Path | Non
     if _HOST is not None:
         return _HOST
     root = find_comfyui_root()
+    _import_host_on_cpu(root)
+    input_dir, output_dir = _register_folders(work_dir, models_dir, input_dir)
+    custom_nodes = make_custom_nodes_dir(work_dir)
+    ok, pack_nodes = _load_nodes(root, custom_nodes)
+    host = InProcessHost(root=root, models_dir=models_dir, input_dir=input_dir,
+                         output_dir=output_dir, custom_nodes_dir=custom_nodes, pack_loaded=ok,
+                         pack_nodes=pack_nodes)
+    logging.getLogger(__name__).info("ComfyUI host %s, pack loaded=%s", root, ok)
+    _HOST = host
+    return host
+
+
+def _import_host_on_cpu(root: Path):
+    """Put ComfyUI's root first on sys.path and set its CLI args before anything reads them."""
     loaded = sys.modules.get("nodes")
     if loaded is not None and not str(getattr(loaded, "__file__", "")).startswith(str(root)):
         raise RuntimeError(f"a foreign 'nodes' module is already imported: {loaded!r}")
@@ -143,6 +157,9 @@ def bootstrap_in_process(work_dir: Path, models_dir: Path, input_dir: Path | Non
     if hasattr(args, "disable_api_nodes"):
         args.disable_api_nodes = True
 
+
+def _register_folders(work_dir: Path, models_dir: Path, input_dir: Path | None):
+    """Input, output and temp folders, and the model folders; returns (input_dir, output_dir)."""
     import folder_paths
     input_dir, output_dir = Path(input_dir or work_dir / "input"), work_dir / "output"
     for d in (input_dir, output_dir, work_dir / "temp"):
@@ -153,9 +170,12 @@ def bootstrap_in_process(work_dir: Path, models_dir: Path, input_dir: Path | Non
     for kind in ("checkpoints", "loras", "controlnet"):
         (models_dir / kind).mkdir(parents=True, exist_ok=True)
         folder_paths.add_model_folder_path(kind, str(models_dir / kind))
+    return input_dir, output_dir
 
+
+def _load_nodes(root: Path, custom_nodes: Path):
+    """The host's extra nodes, then the pack; returns (whether the pack loaded, the nodes it added)."""
     import nodes
-    custom_nodes = make_custom_nodes_dir(work_dir)
     if hasattr(nodes, "init_extra_nodes"):
         run_maybe_async(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     else:  # 2024: its init_custom_nodes() loads every comfy_extras/nodes_*.py
@@ -163,9 +183,4 @@ def bootstrap_in_process(work_dir: Path, models_dir: Path, input_dir: Path | Non
             nodes.load_custom_node(str(extra))
     before = set(nodes.NODE_CLASS_MAPPINGS)
     ok = bool(run_maybe_async(nodes.load_custom_node(str(custom_nodes / PACK_NAME), before)))
-    host = InProcessHost(root=root, models_dir=models_dir, input_dir=input_dir,
-                         output_dir=output_dir, custom_nodes_dir=custom_nodes, pack_loaded=ok,
-                         pack_nodes=sorted(set(nodes.NODE_CLASS_MAPPINGS) - before))
-    logging.getLogger(__name__).info("ComfyUI host %s, pack loaded=%s", root, ok)
-    _HOST = host
-    return host
+    return ok, sorted(set(nodes.NODE_CLASS_MAPPINGS) - before)

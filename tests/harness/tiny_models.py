@@ -176,6 +176,24 @@ def write_lora(path: Path, rank: int = 4, seed: int = 20) -> Path:
     return _save(sd, path)
 
 
+def _tiny_config(kind: str):
+    """(model config, model type, model class, or None where the config picks its own) of a kind."""
+    import comfy.model_base as base
+    import comfy.supported_models as supported
+    eps = base.ModelType.EPS
+    kinds = {
+        "sd2v": (lambda: supported.SD20(dict(SD2_UNET)), base.ModelType.V_PREDICTION, base.BaseModel),
+        "sdxl": (lambda: supported.SDXL(dict(SDXL_UNET)), eps, base.SDXL),
+        "sdxl_deep": (lambda: supported.SDXL(dict(SDXL_DEEP_UNET)), eps, base.SDXL),
+        "sdxl_refiner": (lambda: supported.SDXLRefiner(dict(SDXL_REFINER_UNET)), eps, None),
+        "sd15inpaint": (lambda: supported.SD15(dict(SD15_UNET, in_channels=9)), eps, None),
+    }
+    if kind not in kinds:
+        raise ValueError(f"unknown tiny model kind {kind!r}")
+    make_config, model_type, model_class = kinds[kind]
+    return make_config(), model_type, model_class
+
+
 def build_model_patcher(kind: str, seed: int = 30):
     """A ModelPatcher-wrapped tiny UNet of class ``"sd2v"``, ``"sdxl"``, ``"sdxl_deep"``,
     ``"sdxl_refiner"`` or ``"sd15inpaint"``.
@@ -185,28 +203,9 @@ def build_model_patcher(kind: str, seed: int = 30):
     (9 input channels: latent, mask, masked-image latent), which the host's
     model config marks as an inpainting model from its channel count.
     """
-    import comfy.model_base
     import comfy.model_management
     import comfy.model_patcher
-    import comfy.supported_models
-    if kind == "sd2v":
-        config = comfy.supported_models.SD20(dict(SD2_UNET))
-        model_type = comfy.model_base.ModelType.V_PREDICTION
-        model_class = comfy.model_base.BaseModel
-    elif kind == "sdxl":
-        config = comfy.supported_models.SDXL(dict(SDXL_UNET))
-        model_type, model_class = comfy.model_base.ModelType.EPS, comfy.model_base.SDXL
-    elif kind == "sdxl_deep":
-        config = comfy.supported_models.SDXL(dict(SDXL_DEEP_UNET))
-        model_type, model_class = comfy.model_base.ModelType.EPS, comfy.model_base.SDXL
-    elif kind == "sdxl_refiner":
-        config = comfy.supported_models.SDXLRefiner(dict(SDXL_REFINER_UNET))
-        model_type, model_class = comfy.model_base.ModelType.EPS, None
-    elif kind == "sd15inpaint":
-        config = comfy.supported_models.SD15(dict(SD15_UNET, in_channels=9))
-        model_type, model_class = comfy.model_base.ModelType.EPS, None
-    else:
-        raise ValueError(f"unknown tiny model kind {kind!r}")
+    config, model_type, model_class = _tiny_config(kind)
     config.set_inference_dtype(torch.float32, None)
     if model_class is None:  # the config's own choice: it sets the inpainting inputs up
         model = config.get_model({}, device=torch.device("cpu"))

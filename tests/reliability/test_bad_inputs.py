@@ -25,63 +25,67 @@ def _second_concept(graph, words):
     return graph
 
 
+def _set(node, **inputs):
+    """An edit that sets inputs of one node of the graph."""
+    def edit(graph, input_dir):
+        graph[node]["inputs"].update(inputs)
+        return graph
+    return edit
+
+
+def _image(node, filename, make_pixels):
+    """An edit that points a LoadImage / LoadImageMask node at a new file of the given pixels."""
+    def edit(graph, input_dir):
+        graph[node]["inputs"]["image"] = _write(input_dir, filename, make_pixels())
+        return graph
+    return edit
+
+
+def _random_pixels(seed, shape):
+    return lambda: np.random.default_rng(seed).integers(0, 255, shape, dtype=np.uint8)
+
+
+def _batched_reference(graph, input_dir):
+    graph["40"] = {"class_type": "ImageBatch", "inputs": {"image1": ["2", 0], "image2": ["2", 0]}}
+    graph["5"]["inputs"]["image"] = ["40", 0]
+    return graph
+
+
+def _more_concepts_than_words(graph, input_dir):
+    graph["9"]["inputs"]["prompt"] = "a man"
+    return _second_concept(graph, "hat")
+
+
+# name -> (edit of the one-concept graph, expected error text or None for a correct run)
+BAD_INPUTS = {
+    "word not in prompt": (_set("5", words="woman"),
+                           "[MagicFace Apply] input 'prompt': concept word 'woman' is not in the prompt"),
+    "word claimed twice": (lambda graph, _: _second_concept(graph, "man"), "claimed by concepts 1 and 2"),
+    "more concepts than words": (_more_concepts_than_words, "concept word 'hat' is not in the prompt"),
+    "mask of another size": (_image("3", "mf_mask_small.png", lambda: np.full((40, 30), 255, np.uint8)), None),
+    "empty mask": (_image("3", "mf_mask_empty.png", lambda: np.zeros((96, 80), np.uint8)), None),
+    "RGBA reference": (_image("2", "mf_rgba.png", _random_pixels(1, (96, 80, 4))), None),
+    "greyscale reference": (_image("2", "mf_grey.png", _random_pixels(2, (96, 80))), None),
+    "batched reference": (_batched_reference, None),
+    "negative weight": (_set("5", weight=-1.0), "weight"),
+    "absurd weight": (_set("5", weight=500.0), "weight"),
+    "layers the model lacks": (_set("8", layers="custom", custom_layers="output_99"), "no attention in output_99"),
+    "latent not divisible by the strides": (_set("21", width=72, height=88), None),
+    "empty effect window": (_set("8", start_at=0.5, switch_at=0.5, end_at=0.5),
+                            "[MagicFace Stage Scheduler] input 'end_at'"),
+    "switch outside the window": (_set("8", start_at=0.2, switch_at=0.8, end_at=0.6),
+                                  "[MagicFace Stage Scheduler] input 'switch_at': 0.8 lies outside start_at..end_at"),
+    "start after end": (_set("8", start_at=0.7, switch_at=0.5, end_at=0.3),
+                        "[MagicFace Stage Scheduler] input 'end_at': start_at 0.7 >= end_at 0.3"),
+}
+CASES = list(BAD_INPUTS)
+
+
 def _case(name, input_dir, ckpt):
     image, mask = write_synthetic_reference(input_dir, seed=11)
     graph = single_concept_graph(ckpt, image, mask, "man", PROMPT, size=64, steps=2)
-    if name == "word not in prompt":
-        graph["5"]["inputs"]["words"] = "woman"
-        return graph, "[MagicFace Apply] input 'prompt': concept word 'woman' is not in the prompt"
-    if name == "word claimed twice":
-        return _second_concept(graph, "man"), "claimed by concepts 1 and 2"
-    if name == "more concepts than words":
-        graph["9"]["inputs"]["prompt"] = "a man"
-        return _second_concept(graph, "hat"), "concept word 'hat' is not in the prompt"
-    if name == "mask of another size":
-        graph["3"]["inputs"]["image"] = _write(input_dir, "mf_mask_small.png", np.full((40, 30), 255, np.uint8))
-        return graph, None
-    if name == "empty mask":
-        graph["3"]["inputs"]["image"] = _write(input_dir, "mf_mask_empty.png", np.zeros((96, 80), np.uint8))
-        return graph, None
-    if name == "RGBA reference":
-        rgba = np.random.default_rng(1).integers(0, 255, (96, 80, 4), dtype=np.uint8)
-        graph["2"]["inputs"]["image"] = _write(input_dir, "mf_rgba.png", rgba)
-        return graph, None
-    if name == "greyscale reference":
-        grey = np.random.default_rng(2).integers(0, 255, (96, 80), dtype=np.uint8)
-        graph["2"]["inputs"]["image"] = _write(input_dir, "mf_grey.png", grey)
-        return graph, None
-    if name == "batched reference":
-        graph["40"] = {"class_type": "ImageBatch", "inputs": {"image1": ["2", 0], "image2": ["2", 0]}}
-        graph["5"]["inputs"]["image"] = ["40", 0]
-        return graph, None
-    if name == "negative weight":
-        graph["5"]["inputs"]["weight"] = -1.0
-        return graph, "weight"
-    if name == "absurd weight":
-        graph["5"]["inputs"]["weight"] = 500.0
-        return graph, "weight"
-    if name == "layers the model lacks":
-        graph["8"]["inputs"].update(layers="custom", custom_layers="output_99")
-        return graph, "no attention in output_99"
-    if name == "latent not divisible by the strides":
-        graph["21"]["inputs"].update(width=72, height=88)
-        return graph, None
-    if name == "empty effect window":
-        graph["8"]["inputs"].update(start_at=0.5, switch_at=0.5, end_at=0.5)
-        return graph, "[MagicFace Stage Scheduler] input 'end_at'"
-    if name == "switch outside the window":
-        graph["8"]["inputs"].update(start_at=0.2, switch_at=0.8, end_at=0.6)
-        return graph, "[MagicFace Stage Scheduler] input 'switch_at': 0.8 lies outside start_at..end_at"
-    if name == "start after end":
-        graph["8"]["inputs"].update(start_at=0.7, switch_at=0.5, end_at=0.3)
-        return graph, "[MagicFace Stage Scheduler] input 'end_at': start_at 0.7 >= end_at 0.3"
-    raise KeyError(name)
-
-
-CASES = ["word not in prompt", "word claimed twice", "more concepts than words", "mask of another size",
-         "empty mask", "RGBA reference", "greyscale reference", "batched reference", "negative weight",
-         "absurd weight", "layers the model lacks", "latent not divisible by the strides", "empty effect window",
-         "switch outside the window", "start after end"]
+    edit, expected = BAD_INPUTS[name]
+    return edit(graph, input_dir), expected
 
 
 def _error_text(result):
