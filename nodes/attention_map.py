@@ -6,10 +6,9 @@ extra sampling work): the point's query, the image's keys and the references' ke
 import torch
 import torch.nn.functional as F
 
-from ..comfy_glue import keys
 from ..comfy_glue.errors import MagicFaceInputError
 from ..magicface_attn import point_attention_to_references
-from .previews import _image_batch, add_legend, concept_colour
+from .previews import PROBE, add_legend, concept_colour, image_batch
 
 NODE = "MagicFace Attention Map"
 MARKER_COLOUR = torch.tensor([1.0, 1.0, 0.0])
@@ -51,7 +50,7 @@ class MagicFaceAttentionMap:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "probe": (keys.PROBE_TYPE, {"tooltip": "The probe output of MagicFace Apply."}),
+                "probe": PROBE,
                 "images": ("IMAGE", {"tooltip": "VAE Decode of the MagicFace KSampler (orders this after sampling)."}),
                 "x": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01,
                                 "tooltip": "Point to inspect, fraction of the width from the left."}),
@@ -62,7 +61,7 @@ class MagicFaceAttentionMap:
         }
 
     def attention_map(self, probe, images, x, y, opacity):
-        images = _image_batch(images, NODE)
+        images = image_batch(images, NODE)
         record, report = _record(probe)
         height, width = record.hw
         index = min(int(y * height), height - 1) * width + min(int(x * width), width - 1)

@@ -6,9 +6,8 @@ It reads the plan of the probe, so it runs right after MagicFace Apply, before s
 import torch
 import torch.nn.functional as F
 
-from ..comfy_glue import keys
 from ..comfy_glue.errors import MagicFaceInputError
-from .previews import OPACITY, add_legend, concept_colour, hex_rgb
+from .previews import OPACITY, PROBE, add_legend, concept_colour, hex_rgb
 
 NODE = "MagicFace Mask Preview"
 
@@ -22,7 +21,7 @@ class MagicFaceMaskPreview:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"probe": (keys.PROBE_TYPE, {"tooltip": "The probe output of MagicFace Apply."}),
+        return {"required": {"probe": PROBE,
                              "opacity": OPACITY}}
 
     def preview(self, probe, opacity):

@@ -97,13 +97,14 @@ def recorded_labels(probe, node: str):
     return tuple(report["concept_names"]), history
 
 
-def _image_batch(images, node: str) -> torch.Tensor:
+def image_batch(images, node: str) -> torch.Tensor:
     if images is None or images.dim() != 4 or images.shape[0] == 0:
         raise MagicFaceInputError(node, "images", "expected an IMAGE batch (B, H, W, C).",
                                   "connect the VAE Decode output of the MagicFace KSampler.")
     return images
 
 
+PROBE = (keys.PROBE_TYPE, {"tooltip": "The 'probe' output of MagicFace Apply."})
 OPACITY = ("FLOAT", {"default": 0.55, "min": 0.0, "max": 1.0, "step": 0.05,
                      "tooltip": "How strongly the concept colours cover the image (1 = colours only)."})
 
@@ -121,7 +122,7 @@ class MagicFaceSegmentationPreview:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "probe": (keys.PROBE_TYPE, {"tooltip": "The 'probe' output of MagicFace Apply."}),
+                "probe": PROBE,
                 "images": ("IMAGE", {"tooltip": "The decoded result of the KSampler that used MagicFace's model."}),
                 "opacity": OPACITY,
                 "legend": ("BOOLEAN", {"default": True, "tooltip": "Add a strip naming each concept's colour."}),
@@ -130,7 +131,7 @@ class MagicFaceSegmentationPreview:
 
     def preview(self, probe, images, opacity, legend):
         names, history = recorded_labels(probe, self.NODE)
-        images = _image_batch(images, self.NODE)
+        images = image_batch(images, self.NODE)
         labels = history[-1][1]
         frames = []
         for index in range(images.shape[0]):
@@ -152,7 +153,7 @@ class MagicFaceSegmentationSteps:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "probe": (keys.PROBE_TYPE, {"tooltip": "The 'probe' output of MagicFace Apply."}),
+                "probe": PROBE,
                 "images": ("IMAGE", {"tooltip": "The decoded result: the backdrop of every frame, and it makes "
                                      "this node run after sampling."}),
                 "every": ("INT", {"default": 1, "min": 1, "max": 1000,
@@ -163,7 +164,7 @@ class MagicFaceSegmentationSteps:
 
     def steps(self, probe, images, every, opacity):
         names, history = recorded_labels(probe, self.NODE)
-        images = _image_batch(images, self.NODE)
+        images = image_batch(images, self.NODE)
         chosen = list(range(0, len(history), every))
         if chosen[-1] != len(history) - 1:
             chosen.append(len(history) - 1)
