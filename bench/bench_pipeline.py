@@ -87,6 +87,10 @@ def _add_mode_options(parser):
                         help="also time the largest R, exact and with each --reference-every K, with the "
                              "segmentation read from the first transformer of each block (the Stage Scheduler's "
                              "segmentation_layers 'one per block'; differs from 'all layers' on SDXL only)")
+    parser.add_argument("--compile-maths", action="store_true",
+                        help="also time the largest R with the per-step maths (propagation, segmentation, semantic "
+                             "CFG's rate) compiled by torch.compile: fusing them is one way to fewer launches per "
+                             "step; its first run, which compiles, is reported apart")
     parser.add_argument("--presets", action="store_true",
                         help="also time the largest R with each Stage Scheduler speed preset (balanced, fast), "
                              "and report its deviation from exact")
@@ -141,9 +145,12 @@ def bootstrap_host(device: str):
 class Variant:
     """One sampling configuration: plain (plan None) or MagicFace with one plan."""
 
-    def __init__(self, label, model, patch=None, concepts=0, separate=False, reference_every=1, lean=False):
+    def __init__(self, label, model, patch=None, concepts=0, separate=False, reference_every=1, lean=False,
+                 compiled=None):
         self.label, self.model, self.patch, self.concepts = label, model, patch, concepts
         self.separate, self.reference_every, self.lean = separate, reference_every, lean
+        self.compiled = compiled  # a CompiledMaths, or None
+        self.first_run_s = None
         self.times, self.result, self.peak_mib, self.parts, self.report = [], None, float("nan"), None, None
         self.syncs = None
         self.kernel_ops = None
@@ -153,7 +160,7 @@ class Variant:
     @property
     def exact(self) -> bool:
         """MagicFace as the product runs it by default: coupled references made every step."""
-        return not self.separate and self.reference_every == 1 and not self.lean
+        return not self.separate and self.reference_every == 1 and not self.lean and self.compiled is None
 
 
 def sample(variant, positive, negative, latent, args):
@@ -179,9 +186,36 @@ class SeparatePassOnly:
         self.call_module.can_couple = self.saved
 
 
+class CompiledMaths:
+    """Bench-side experiment: the glue's per-step maths replaced by torch.compile'd versions of
+    themselves (compiled once, on the first run) while the block runs. Where compilation fails
+    (no C compiler or Triton on this machine) the bench drops the variant with a note saying why."""
+
+    TARGETS = (("propagation_queue", "propagate_cross_maps"), ("segmentation_history", "segment"),
+               ("guidance_hook", "semantic_cfg_rate"))
+
+    def __init__(self):
+        self.compiled = {target: torch.compile(getattr(glue(target[0]), target[1]), dynamic=False)
+                         for target in self.TARGETS}
+        self.saved = {}
+
+    def __enter__(self):
+        for (module, name), function in self.compiled.items():
+            self.saved[module, name] = getattr(glue(module), name)
+            setattr(glue(module), name, function)
+        return self
+
+    def __exit__(self, *exc):
+        for (module, name), function in self.saved.items():
+            setattr(glue(module), name, function)
+
+
 def _run_variant(variant, positive, negative, latent, args, device):
     if variant.separate:
         with SeparatePassOnly():
+            return timed(lambda: sample(variant, positive, negative, latent, args), device)
+    if variant.compiled is not None:
+        with variant.compiled:
             return timed(lambda: sample(variant, positive, negative, latent, args), device)
     return timed(lambda: sample(variant, positive, negative, latent, args), device)
 
@@ -198,16 +232,16 @@ def bench_model(name, args, device, dtype):
     def runner(variant):
         return lambda: _run_variant(variant, positive, negative, latent, args, device)
 
-    time_variants(variants, runner, args, device)
-    if not args.no_breakdown:
-        for variant in variants[1:]:
+    notes = time_variants(variants, runner, args, device)
+    if not args.no_breakdown:  # the compiled experiment's functions are not the instrumented ones
+        for variant in [v for v in variants[1:] if v.compiled is None]:
             timer = PartTimer(device)
             with instrumented(timer):
                 timer.total, _ = runner(variant)()
             variant.parts = timer
     count_launches(variants, runner, spec, args, device)
     coupling = None if args.no_coupling else measure_coupling(base, spec, args, device, positive)
-    return spec, variants, coupling
+    return spec, variants, coupling, notes
 
 
 def build_variants(base, spec, args) -> list:
@@ -229,6 +263,8 @@ def build_variants(base, spec, args) -> list:
             references = f"references every {every} steps, " if every > 1 else ""
             variants.append(Variant(f"R={largest}, {references}segmentation one per block",
                                     *patched(largest, every, lean=True), largest, reference_every=every, lean=True))
+    if args.compile_maths:
+        variants.append(Variant(f"R={largest}, compiled maths", *patched(largest), largest, compiled=CompiledMaths()))
     if args.presets:
         keys = glue("keys")
         for speed in keys.SPEED_PRESETS[1:]:
@@ -239,11 +275,21 @@ def build_variants(base, spec, args) -> list:
     return variants
 
 
-def time_variants(variants, runner, args, device):
+def time_variants(variants, runner, args, device) -> list:
     """One warm-up run each (kernel choice, allocator; its result feeds the checks), then
-    args.repeats timed runs interleaved across variants, so load changes hit every one alike."""
-    for variant in variants:
-        _, variant.result = runner(variant)()
+    args.repeats timed runs interleaved across variants, so load changes hit every one alike.
+    Returns notes for the report: a compiled experiment that could not run is dropped with one."""
+    notes = []
+    for variant in list(variants):
+        try:
+            variant.first_run_s, variant.result = runner(variant)()
+        except Exception as error:  # only the compiled experiment may fail here
+            if variant.compiled is None:
+                raise
+            first_line = (str(error).splitlines() or [""])[0][:200]
+            notes.append(f"{variant.label}: not timed, torch.compile failed here ({type(error).__name__}: {first_line})")
+            variants.remove(variant)
+            continue
         variant.report = variant.patch.report() if variant.patch else None
     for repeat in range(args.repeats):
         for variant in variants:
@@ -252,6 +298,7 @@ def time_variants(variants, runner, args, device):
             else:
                 seconds, _ = runner(variant)()
             variant.times.append(seconds)
+    return notes
 
 
 def count_launches(variants, runner, spec, args, device):
@@ -259,7 +306,8 @@ def count_launches(variants, runner, spec, args, device):
     by function, and on CUDA the host syncs and (profiled, several times a plain run) GPU busy time."""
     for index, variant in enumerate(variants):
         run = runner(variant)
-        variant.kernel_ops = count_kernel_ops(run) / args.steps
+        if variant.compiled is None:  # a dispatch mode would see the compiled kernels' inputs only
+            variant.kernel_ops = count_kernel_ops(run) / args.steps
         counted = index in (0, len(args.concept_counts))
         if args.ops_by_function and counted:
             variant.ops_by_function = kernel_ops_by_function(run)
@@ -318,7 +366,7 @@ def measure_coupling(base, spec, args, device, positive):
 
 def check_results(results):
     """Every ratio finite and every sample finite: the smoke test relies on this."""
-    for spec, variants, _ in results:
+    for spec, variants, _, _ in results:
         plain = variants[0]
         for variant in variants:
             if not torch.isfinite(variant.result).all():

@@ -36,7 +36,7 @@ def _label_change(variant, exact) -> str:
 
 def render(results, args, device, dtype):
     lines = _header_lines(args, device, dtype)
-    for spec, variants, coupling in results:
+    for spec, variants, coupling, notes in results:
         plain = variants[0]
         plain_s = statistics.median(plain.times)
         lines += [f"### {spec.name}, {spec.image_size} image (latent {spec.latent_hw[0]}x{spec.latent_hw[1]})", "",
@@ -47,7 +47,7 @@ def render(results, args, device, dtype):
         lines += [_variant_row(variant, plain, coupled, args.gpu_busy) for variant in variants]
         lines += _slope_lines(list(coupled.values()), plain, plain_s) + _kernel_time_lines(variants)
         lines += _breakdown_lines(variants, plain_s) + _ops_lines(variants, args.steps) + _coupling_lines(coupling)
-        lines += _stage_lines(variants) + [""]
+        lines += _stage_lines(variants) + _compile_lines(variants, notes) + [""]
     return "\n".join(lines)
 
 
@@ -79,11 +79,20 @@ def _variant_row(variant, plain, coupled, gpu_busy: bool) -> str:
     syncs = "" if variant.syncs is None else str(variant.syncs)
     spread = "" if variant is plain else f"{min(ratios):.2f}-{max(ratios):.2f}"
     median_s = statistics.median(variant.times)
+    ops = "" if variant.kernel_ops is None else f"{variant.kernel_ops:.0f}"
     busy = ""
     if gpu_busy:
         busy = " |" if variant.busy_s is None else f" {100 * variant.busy_s / median_s:.0f} % |"
     return (f"| {variant.label} | {median_s:.3f} | {statistics.median(ratios):.3f}x "
-            f"| {extra:.0f} | {diff} | {syncs} | {variant.kernel_ops:.0f} | {spread} |{busy}")
+            f"| {extra:.0f} | {diff} | {syncs} | {ops} | {spread} |{busy}")
+
+
+def _compile_lines(variants, notes):
+    """The compiled experiment's first run (which compiles) against its later ones, and any
+    variant the machine could not run."""
+    lines = [f"{v.label}: first run {v.first_run_s:.1f} s (compiling), later runs {statistics.median(v.times):.3f} s."
+             for v in variants if v.compiled is not None]
+    return ["", *lines, *notes] if lines or notes else []
 
 
 def _slope_lines(coupled, plain, plain_s):

@@ -4,6 +4,7 @@ Runs the script as a subprocess: it bootstraps its own ComfyUI host, which must 
 module state with the host of the test session.
 """
 import math
+import shutil
 import re
 import subprocess
 import sys
@@ -60,3 +61,21 @@ def test_tiny_sdxl_bench_times_the_lean_segmentation(tmp_path):
     assert lean and math.isfinite(float(lean.group(1))) and 0 < float(lean.group(2)) < 1, table
     # the tiny SDXL's quarter-resolution blocks are 1 and 2 transformers deep: 4 of its 7 layers
     assert "R=2, segmentation one per block: segmentation read 4 layers (exact: 7)." in table
+
+
+def test_tiny_bench_times_the_compiled_maths_or_says_why_not(tmp_path):
+    """--compile-maths: with a C compiler (torch.compile's CPU backend needs one) the compiled run
+    is timed and agrees with exact mode to float rounding; without one the table says why not."""
+    out = tmp_path / "perf.md"
+    command = [sys.executable, str(REPO_ROOT / "bench" / "bench_pipeline.py"), "--tiny", "--models", "sd15",
+               "--concepts", "1", "--steps", "2", "--no-coupling", "--no-breakdown", "--compile-maths", "--out", str(out)]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = out.read_text()
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        assert "R=1, compiled maths: not timed, torch.compile failed here" in table, table
+        return
+    row = re.search(r"^\| R=1, compiled maths \| [\d.]+ \| ([\d.]+)x \| [-\d]+ \| [\d.e+-]+ \(rel\. L2 ([\d.e+-]+), "
+                    r"labels ([\d.]+) %\)", table, re.MULTILINE)
+    assert row and float(row.group(1)) > 0 and float(row.group(2)) < 1e-4 and float(row.group(3)) <= 1, table
+    assert re.search(r"^R=1, compiled maths: first run [\d.]+ s \(compiling\), later runs [\d.]+ s\.$", table, re.MULTILINE)
