@@ -15,6 +15,7 @@ each K) with the segmentation read from one transformer per block. All of them r
 difference from the exact, coupled result of the same seed.
 """
 import argparse
+import contextlib
 import dataclasses
 import math
 import statistics
@@ -189,7 +190,7 @@ class SeparatePassOnly:
 class CompiledMaths:
     """Bench-side experiment: the glue's per-step maths replaced by torch.compile'd versions of
     themselves (compiled once, on the first run) while the block runs. Where compilation fails
-    (no C compiler or Triton on this machine) the bench drops the variant with a note saying why."""
+    (no C++ compiler or Triton on this machine) the bench drops the variant with a note saying why."""
 
     TARGETS = (("propagation_queue", "propagate_cross_maps"), ("segmentation_history", "segment"),
                ("guidance_hook", "semantic_cfg_rate"))
@@ -211,13 +212,9 @@ class CompiledMaths:
 
 
 def _run_variant(variant, positive, negative, latent, args, device):
-    if variant.separate:
-        with SeparatePassOnly():
-            return timed(lambda: sample(variant, positive, negative, latent, args), device)
-    if variant.compiled is not None:
-        with variant.compiled:
-            return timed(lambda: sample(variant, positive, negative, latent, args), device)
-    return timed(lambda: sample(variant, positive, negative, latent, args), device)
+    override = SeparatePassOnly() if variant.separate else variant.compiled or contextlib.nullcontext()
+    with override:
+        return timed(lambda: sample(variant, positive, negative, latent, args), device)
 
 
 def bench_model(name, args, device, dtype):
