@@ -120,13 +120,14 @@ def read_sizes_and_counts(parser, args, concepts: str):
         parser.error("--reference-every takes step counts >= 2 (1 is the exact mode, always included)")
 
 
-def bootstrap_host(device: str):
-    """Import ComfyUI in-process with the pack loaded; on CUDA the host must not be forced to CPU.
+def bootstrap_host(device: str) -> str:
+    """Import ComfyUI in-process with the pack loaded and return the host's name and version; on
+    CUDA the host must not be forced to CPU.
 
     The harness forces args.cpu; ComfyUI reads it when comfy.model_management is first imported,
     so for CUDA that module is imported first with args.cpu left off.
     """
-    from harness import bootstrap_in_process, find_comfyui_root
+    from harness import bootstrap_in_process, find_comfyui_root, host_version
     root = str(find_comfyui_root())
     if root not in sys.path:
         sys.path.insert(0, root)
@@ -140,7 +141,7 @@ def bootstrap_host(device: str):
         raise RuntimeError("ComfyUI did not load the MagicFace pack")
     import comfy.utils
     comfy.utils.PROGRESS_BAR_ENABLED = False
-    return host
+    return host_version(host.root)
 
 
 class Variant:
@@ -376,7 +377,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device visible")
-    bootstrap_host(args.device)
+    args.host = bootstrap_host(args.device)
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)

