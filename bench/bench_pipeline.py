@@ -34,6 +34,7 @@ sys.path.insert(0, str(BENCH_DIR))  # its sibling modules, also under python -P
 from pipeline_models import (  # noqa: E402
     SAMPLER, SCHEDULER, SPECS, build_model_patcher, conditioning, glue, make_plan, patched_model,
 )
+from pipeline_overrides import JOINED_ATTENTION, PER_STEP_MATHS, Compiled, SeparatePassOnly  # noqa: E402
 from pipeline_probe import (  # noqa: E402
     PartTimer, count_kernel_ops, device_busy_seconds, instrumented, kernel_ops_by_function, peak_memory_mib, timed,
 )
@@ -92,6 +93,9 @@ def _add_mode_options(parser):
                         help="also time the largest R with the per-step maths (propagation, segmentation, semantic "
                              "CFG's rate) compiled by torch.compile: fusing them is one way to fewer launches per "
                              "step; its first run, which compiles, is reported apart")
+    parser.add_argument("--compile-attention", action="store_true",
+                        help="also time the largest R with the per-step maths and RSA's joined attention (the fold "
+                             "of the references and the concatenations around its fused call) compiled")
     parser.add_argument("--presets", action="store_true",
                         help="also time the largest R with each Stage Scheduler speed preset (balanced, fast), "
                              "and report its deviation from exact")
@@ -151,7 +155,7 @@ class Variant:
                  compiled=None):
         self.label, self.model, self.patch, self.concepts = label, model, patch, concepts
         self.separate, self.reference_every, self.lean = separate, reference_every, lean
-        self.compiled = compiled  # a CompiledMaths, or None
+        self.compiled = compiled  # a pipeline_overrides.Compiled, or None
         self.first_run_s = None
         self.times, self.result, self.peak_mib, self.parts, self.report = [], None, float("nan"), None, None
         self.syncs = None
@@ -170,46 +174,6 @@ def sample(variant, positive, negative, latent, args):
     out = nodes.common_ksampler(variant.model, SEED, args.steps, args.cfg, SAMPLER, SCHEDULER,
                                 positive, negative, {"samples": latent})
     return out[0]["samples"]
-
-
-class SeparatePassOnly:
-    """Bench-side override: the references always take the separate pass (as when other nodes'
-    patches share the model), to compare it with batch coupling in the same process."""
-
-    def __init__(self):
-        self.call_module = glue("model_call")
-        self.saved = self.call_module.can_couple
-
-    def __enter__(self):
-        self.call_module.can_couple = lambda *args, **kwargs: None
-        return self
-
-    def __exit__(self, *exc):
-        self.call_module.can_couple = self.saved
-
-
-class CompiledMaths:
-    """Bench-side experiment: the glue's per-step maths replaced by torch.compile'd versions of
-    themselves (compiled once, on the first run) while the block runs. Where compilation fails
-    (no C++ compiler or Triton on this machine) the bench drops the variant with a note saying why."""
-
-    TARGETS = (("propagation_queue", "propagate_cross_maps"), ("segmentation_history", "segment"),
-               ("guidance_hook", "semantic_cfg_rate"))
-
-    def __init__(self):
-        self.compiled = {target: torch.compile(getattr(glue(target[0]), target[1]), dynamic=False)
-                         for target in self.TARGETS}
-        self.saved = {}
-
-    def __enter__(self):
-        for (module, name), function in self.compiled.items():
-            self.saved[module, name] = getattr(glue(module), name)
-            setattr(glue(module), name, function)
-        return self
-
-    def __exit__(self, *exc):
-        for (module, name), function in self.saved.items():
-            setattr(glue(module), name, function)
 
 
 def _run_variant(variant, positive, negative, latent, args, device):
@@ -262,7 +226,11 @@ def build_variants(base, spec, args) -> list:
             variants.append(Variant(f"R={largest}, {references}segmentation one per block",
                                     *patched(largest, every, lean=True), largest, reference_every=every, lean=True))
     if args.compile_maths:
-        variants.append(Variant(f"R={largest}, compiled maths", *patched(largest), largest, compiled=CompiledMaths()))
+        variants.append(Variant(f"R={largest}, compiled maths", *patched(largest), largest,
+                                compiled=Compiled(PER_STEP_MATHS)))
+    if args.compile_attention:
+        variants.append(Variant(f"R={largest}, compiled maths and joined attention", *patched(largest), largest,
+                                compiled=Compiled(PER_STEP_MATHS + JOINED_ATTENTION)))
     if args.presets:
         keys = glue("keys")
         for speed in keys.SPEED_PRESETS[1:]:

@@ -22,9 +22,9 @@ measure() {
     timeout "$limit" "$python" -P "$repo/bench/bench_pipeline.py" --device cuda --out "$out/$name.md" "$@" \
         || echo "$name: did not finish (cut at $limit s, or the error above)"
 }
-measure sd15_launches 150 --models sd15 --concepts 1,3 --gpu-busy --no-breakdown --ops-by-function
-measure sdxl_presets 210 --models sdxl --concepts 2 --presets --gpu-busy --no-breakdown
+measure sd15_launches 140 --models sd15 --concepts 1,3 --gpu-busy --no-breakdown --ops-by-function
+measure sdxl_presets 200 --models sdxl --concepts 2 --presets --gpu-busy --no-breakdown
 # Fusion by torch.compile, the candidate for fewer launches per step: SD1.5 R=1 with the per-step
-# maths compiled (its first run compiles).
-measure sd15_compiled 120 --models sd15 --concepts 1 --compile-maths --no-breakdown --no-coupling
+# maths compiled, and with RSA's joined attention compiled too (each first run compiles).
+measure sd15_compiled 180 --models sd15 --concepts 1 --compile-maths --compile-attention --no-breakdown --no-coupling
 cat "$out"/sd15_launches.md "$out"/sdxl_presets.md "$out"/sd15_compiled.md 2>/dev/null || true

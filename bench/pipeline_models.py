@@ -55,7 +55,7 @@ SPECS = {
 }
 
 
-def _pack_module(name: str):
+def pack_module(name: str):
     """A module of the pack as ComfyUI loaded it (the pack root is never on sys.path; hosts
     name the package differently, so it is found from a registered node class)."""
     import nodes
@@ -64,12 +64,12 @@ def _pack_module(name: str):
 
 
 def glue(module: str):
-    return _pack_module(f"comfy_glue.{module}")
+    return pack_module(f"comfy_glue.{module}")
 
 
 def attention_core():
     """The pack's magicface_attn, the same module objects its glue uses."""
-    return _pack_module("magicface_attn")
+    return pack_module("magicface_attn")
 
 
 @torch.no_grad()

@@ -89,10 +89,13 @@ def _variant_row(variant, plain, coupled, gpu_busy: bool) -> str:
 
 
 def _compile_lines(variants, notes):
-    """The compiled experiment's first run (which compiles) against its later ones, and any
-    variant the machine could not run."""
-    lines = [f"{v.label}: first run {v.first_run_s:.1f} s (compiling), later runs {statistics.median(v.times):.3f} s."
-             for v in variants if v.compiled is not None]
+    """The compiled experiments' first run (which compiles) against their later ones, how often
+    that run called each compiled function, and any variant the machine could not run."""
+    lines = []
+    for variant in (v for v in variants if v.compiled is not None):
+        calls = ", ".join(f"{name} {count}" for name, count in (variant.compiled.first_run_calls or {}).items())
+        lines.append(f"{variant.label}: first run {variant.first_run_s:.1f} s (compiling), later runs "
+                     f"{statistics.median(variant.times):.3f} s; calls in one run: {calls or 'none'}.")
     return ["", *lines, *notes] if lines or notes else []
 
 

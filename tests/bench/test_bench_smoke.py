@@ -63,19 +63,31 @@ def test_tiny_sdxl_bench_times_the_lean_segmentation(tmp_path):
     assert "R=2, segmentation one per block: segmentation read 4 layers (exact: 7)." in table
 
 
-def test_tiny_bench_times_the_compiled_maths_or_says_why_not(tmp_path):
-    """--compile-maths: with a C++ compiler (torch.compile's CPU backend needs one) the compiled run
-    is timed and agrees with exact mode to float rounding; without one the table says why not."""
+def test_tiny_bench_times_the_compiled_experiments_or_says_why_not(tmp_path):
+    """--compile-maths and --compile-attention: with a C++ compiler (torch.compile's CPU backend
+    needs one) each compiled run is timed, agrees with exact mode to float rounding and shows
+    its compiled functions called; without one the table says why not."""
     out = tmp_path / "perf.md"
     command = [sys.executable, str(REPO_ROOT / "bench" / "bench_pipeline.py"), "--tiny", "--models", "sd15",
-               "--concepts", "1", "--steps", "2", "--no-coupling", "--no-breakdown", "--compile-maths", "--out", str(out)]
+               "--concepts", "1", "--steps", "2", "--no-coupling", "--no-breakdown", "--compile-maths",
+               "--compile-attention", "--out", str(out)]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     table = out.read_text()
+    labels = ("R=1, compiled maths", "R=1, compiled maths and joined attention")
     if not any(shutil.which(compiler) for compiler in ("g++", "c++", "clang++")):
-        assert "R=1, compiled maths: not timed, torch.compile failed here" in table, table
+        for label in labels:
+            assert f"{label}: not timed, torch.compile failed here" in table, table
         return
-    row = re.search(r"^\| R=1, compiled maths \| [\d.]+ \| ([\d.]+)x \| [-\d]+ \| [\d.e+-]+ \(rel\. L2 ([\d.e+-]+), "
-                    r"labels ([\d.]+) %\)", table, re.MULTILINE)
-    assert row and float(row.group(1)) > 0 and float(row.group(2)) < 1e-4 and float(row.group(3)) <= 1, table
-    assert re.search(r"^R=1, compiled maths: first run [\d.]+ s \(compiling\), later runs [\d.]+ s\.$", table, re.MULTILINE)
+    for label in labels:
+        row = re.search(rf"^\| {label} \| [\d.]+ \| ([\d.]+)x \| [-\d]+ \| [\d.e+-]+ \(rel\. L2 ([\d.e+-]+), "
+                        r"labels ([\d.]+) %\)", table, re.MULTILINE)
+        assert row and float(row.group(1)) > 0 and float(row.group(2)) < 1e-4 and float(row.group(3)) <= 1, table
+    calls = dict(re.findall(r"^(R=1, compiled [\w ]+): first run [\d.]+ s \(compiling\), later runs [\d.]+ s; "
+                            r"calls in one run: (.+)\.$", table, re.MULTILINE))
+    assert set(calls) == set(labels), table
+    for label, expected in ((labels[0], ("propagate_cross_maps", "segment", "semantic_cfg_rate")),
+                            (labels[1], ("propagate_cross_maps", "segment", "semantic_cfg_rate", "fold_block",
+                                         "_fold_bias_attention"))):
+        counts = dict(part.rsplit(" ", 1) for part in calls[label].split(", "))
+        assert set(counts) == set(expected) and all(int(n) > 0 for n in counts.values()), calls[label]
