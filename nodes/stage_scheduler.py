@@ -56,8 +56,8 @@ class MagicFaceStageScheduler:
                                "cost). 'all layers' = the reference code. SD1.x/SD2.x: both are the same."}),
                 # Last, so that workflows saved before it keep their widget values in place.
                 "speed": (list(keys.SPEED_PRESETS), {
-                    "tooltip": "exact: the published method. balanced: references every 2 steps, segmentation "
-                               "from one layer per block. fast: references every 4 steps, one layer per block. "
+                    "tooltip": "exact: the published method. balanced: references every 2 steps. fast: references "
+                               "every 4 steps, segmentation from one layer per block. "
                                "reference_every and segmentation_layers, when set, override it."}),
             },
         }

@@ -83,7 +83,7 @@ def test_scheduler_rejects_a_step_count_outside_its_range():
         schedule(reference_every=-1)
 
 
-@pytest.mark.parametrize("speed, expected", [("exact", (1, "all layers")), ("balanced", (2, "one per block")),
+@pytest.mark.parametrize("speed, expected", [("exact", (1, "all layers")), ("balanced", (2, "all layers")),
                                              ("fast", (4, "one per block"))])
 def test_the_speed_preset_sets_both_levers(tiny, speed, expected):
     model, clip, vae = tiny
