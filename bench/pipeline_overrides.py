@@ -1,7 +1,7 @@
 """Bench-side overrides of the product's own choices, each a context manager that swaps a pack
 function for the block it guards: the separate reference pass instead of batch coupling, and
 torch.compile'd versions of the per-step maths and of RSA's joined attention. They measure what
-the product does not do (yet); the product itself never runs them."""
+the product does not do; the product itself never runs them."""
 from collections import Counter
 
 import torch
