@@ -13,5 +13,4 @@ from .workflows import load_workflow, txt2img
 
 __all__ = ["load_core", "GraphResult", "InProcessRunner", "namespace_prompt", "validate", "PACK_NAME",
            "REPO_ROOT", "InProcessHost", "bootstrap_in_process", "describe_host", "host_version",
-           "find_comfyui_root",
-           "make_custom_nodes_dir", "ComfyServer", "load_workflow", "txt2img"]
+           "find_comfyui_root", "make_custom_nodes_dir", "ComfyServer", "load_workflow", "txt2img"]
