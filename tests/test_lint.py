@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from harness import source_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,14 +27,8 @@ MAX_FILE_LINES = 400
 LENGTH_CHECKED = ("comfy_glue", "magicface_attn", "nodes", "bench", "scripts", "tests", "web")
 
 
-def _sources(folder: Path, suffixes=(".py", ".js")) -> list:
-    """The folder's source files, less hidden folders (generated, never committed: bench/.bundle)."""
-    return [path for path in sorted(folder.rglob("*")) if path.suffix in suffixes
-            and not any(part.startswith(".") for part in path.relative_to(folder).parts)]
-
-
 def _long_functions(folder: Path):
-    for path in _sources(folder, (".py",)):
+    for path in source_files(folder, (".py",)):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name != "INPUT_TYPES":
                 lines = node.end_lineno - node.lineno + 1
@@ -48,7 +43,7 @@ def test_no_function_is_longer_than_a_screen(folder):
 
 @pytest.mark.parametrize("folder", LENGTH_CHECKED)
 def test_no_file_is_longer_than_one_idea(folder):
-    sources = _sources(REPO_ROOT / folder)
+    sources = source_files(REPO_ROOT / folder)
     long_files = [f"{path.relative_to(REPO_ROOT)} ({lines} lines)" for path in sources
                   if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_FILE_LINES]
     assert sources and long_files == []

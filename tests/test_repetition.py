@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
+from harness import source_files
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CORE_FOLDERS = ("comfy_glue", "magicface_attn")
 SCANNED_FOLDERS = CORE_FOLDERS + ("nodes", "bench", "scripts", "tests")
@@ -99,8 +101,7 @@ def repeated_runs(sources: dict) -> set:
 
 def _repository_sources() -> dict:
     paths = [REPO_ROOT / "__init__.py"] + [
-        path for folder in SCANNED_FOLDERS for path in sorted((REPO_ROOT / folder).rglob("*.py"))
-        if not any(part.startswith(".") for part in path.relative_to(REPO_ROOT).parts)]
+        path for folder in SCANNED_FOLDERS for path in source_files(REPO_ROOT / folder, (".py",))]
     return {str(path.relative_to(REPO_ROOT)): path.read_text(encoding="utf-8") for path in paths}
 
 

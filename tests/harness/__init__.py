@@ -8,9 +8,10 @@ from .core import load_core
 from .graph import GraphResult, InProcessRunner, namespace_prompt, validate
 from .host import (PACK_NAME, REPO_ROOT, InProcessHost, bootstrap_in_process, describe_host, host_version,
                    find_comfyui_root, make_custom_nodes_dir)
+from .repository import source_files
 from .server import ComfyServer
 from .workflows import load_workflow, txt2img
 
 __all__ = ["load_core", "GraphResult", "InProcessRunner", "namespace_prompt", "validate", "PACK_NAME",
            "REPO_ROOT", "InProcessHost", "bootstrap_in_process", "describe_host", "host_version",
-           "find_comfyui_root", "make_custom_nodes_dir", "ComfyServer", "load_workflow", "txt2img"]
+           "find_comfyui_root", "make_custom_nodes_dir", "source_files", "ComfyServer", "load_workflow", "txt2img"]
