@@ -7,9 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import source_files
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from harness import REPO_ROOT, source_files
 
 
 def test_ruff_finds_nothing():

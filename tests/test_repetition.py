@@ -12,11 +12,9 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from itertools import combinations
-from pathlib import Path
 
-from harness import source_files
+from harness import REPO_ROOT, source_files
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CORE_FOLDERS = ("comfy_glue", "magicface_attn")
 SCANNED_FOLDERS = CORE_FOLDERS + ("nodes", "bench", "scripts", "tests")
 

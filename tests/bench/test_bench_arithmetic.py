@@ -6,11 +6,10 @@ Runs the script as a subprocess: it bootstraps its own ComfyUI host.
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from harness import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 # | R | refs TFLOP (pct %), how | seg TFLOP (pct %) | rsa (pct %) | rba (pct %) | ratio x | ratio x | ratio x |
 ROW = re.compile(r"^\| (\d) \| [\d.]+ \(([\d.]+) %\), (coupled|own pass) \| [\d.]+ \(([\d.]+) %\) "
                  r"\| [\d.]+ \(([\d.]+) %\) \| [\d.]+ \(([\d.]+) %\) \| ([\d.]+)x \| ([\d.]+)x \| ([\d.]+)x \|$", re.MULTILINE)

@@ -8,9 +8,9 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from harness import REPO_ROOT
+
 RATIO_ROW = re.compile(r"^\| (R=\d+) \| [\d.]+ \| ([^ |]+)x \|", re.MULTILINE)
 
 

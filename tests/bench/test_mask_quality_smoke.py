@@ -3,9 +3,9 @@ example references and writes its IoU table (the figures mean nothing on random 
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from harness import REPO_ROOT
+
 ROW = re.compile(r"^\| (\w[\w-]*) \| (\w+) \| ([\d.]+) \| ([\d.]+) \| (\d+)% \|$", re.MULTILINE)
 
 
